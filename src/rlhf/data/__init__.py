@@ -1,0 +1,1 @@
+"""Record types, readers for JSONL and public formats, tokenisation and collation."""

@@ -1,0 +1,50 @@
+"""Plain-text pretraining data: documents (separated by blank lines) packed into fixed blocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rlhf.errors import UserError
+from rlhf.io import open_text
+
+
+def read_documents(files: list[str]) -> list[str]:
+    """Documents from UTF-8 text files (optionally .gz); a blank line separates documents."""
+    if not files:
+        raise UserError("no text files given", field="train_files")
+    docs: list[str] = []
+    for f in files:
+        if not Path(f).exists():
+            raise UserError("text file not found", path=str(f))
+        buf: list[str] = []
+        for line in open_text(f):
+            if line.strip():
+                buf.append(line.rstrip("\n"))
+            elif buf:
+                docs.append("\n".join(buf))
+                buf = []
+        if buf:
+            docs.append("\n".join(buf))
+    return docs
+
+
+def pack_blocks(tokenizer, docs: list[str], block_size: int,
+                max_tokens: int | None = None) -> torch.Tensor:
+    """Tokenise documents, join them with EOS, and cut the stream into [N, block_size] blocks."""
+    stream: list[int] = []
+    eos = tokenizer.eos_token_id
+    batch = 1024
+    for i in range(0, len(docs), batch):
+        for ids in tokenizer(docs[i:i + batch], add_special_tokens=False)["input_ids"]:
+            stream.extend(ids)
+            stream.append(eos)
+        if max_tokens is not None and len(stream) >= max_tokens:
+            stream = stream[:max_tokens]
+            break
+    n = len(stream) // block_size
+    if n == 0:
+        raise UserError(f"text too short for one block of {block_size} tokens",
+                        field="block_size")
+    return torch.tensor(stream[: n * block_size], dtype=torch.long).view(n, block_size)

@@ -1,0 +1,136 @@
+"""Batched sampling with the KV cache: left-padded queries, temperature, stop at EOS.
+
+The sampler returns the log-probabilities of the tokens it drew, computed from the same
+temperature-scaled logits (with the PAD logit removed) that training uses via `policy_logits`,
+so rollout and training log-probs agree (spec §8.1). Everything after a row's first EOS is PAD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf.data.format import DEFAULT_TEMPLATE, decode_response, encode_prompt
+from rlhf.models.lm import position_ids_from_mask
+
+
+def policy_logits(logits: torch.Tensor, temperature: float, pad_id: int | None) -> torch.Tensor:
+    """Logits the policy samples from: PAD can never be drawn (spec 7.5), divided by T (7.10)."""
+    logits = logits.float()
+    if pad_id is not None and pad_id < logits.size(-1):
+        logits = logits.clone()
+        logits[..., pad_id] = float("-inf")
+    return logits / temperature if temperature > 0 else logits
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] ids and attention mask with the sequences aligned on the right."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, n - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, n - len(s):] = 1
+    return ids, mask
+
+
+@dataclass
+class Rollout:
+    query: torch.Tensor          # [B, Tq] left-padded prompt ids
+    query_mask: torch.Tensor     # [B, Tq]
+    response: torch.Tensor       # [B, Tr] sampled ids; PAD after the first EOS
+    response_mask: torch.Tensor  # [B, Tr] 1 up to and including the first EOS
+    logprobs: torch.Tensor       # [B, Tr] log π(token) under temperature-scaled logits (0 on pad)
+    has_eos: torch.Tensor        # [B] bool
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query, self.response], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.response_mask], dim=1)
+
+
+def _sample(logits: torch.Tensor, top_p: float, generator) -> torch.Tensor:
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p
+        sorted_p = sorted_p * keep
+        choice = torch.multinomial(sorted_p, 1, generator=generator)
+        return order.gather(-1, choice).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int,
+             temperature: float = 1.0, top_p: float = 1.0,
+             generator: torch.Generator | None = None) -> Rollout:
+    """Sample one response per prompt. temperature = 0 decodes greedily (logprobs at T = 1)."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    dev = next(model.parameters()).device
+    query, qmask = left_pad(prompt_ids, pad)
+    query, qmask = query.to(dev), qmask.to(dev)
+    B = query.size(0)
+    mask = qmask
+    pos = position_ids_from_mask(mask)
+    out = model(input_ids=query, attention_mask=mask, position_ids=pos, use_cache=True)
+    past, next_logits = out.past_key_values, out.logits[:, -1]
+    last_pos = pos[:, -1]
+    tokens, logps = [], []
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    for t in range(max_new_tokens):
+        scaled = policy_logits(next_logits, temperature if temperature > 0 else 1.0, pad)
+        if temperature > 0:
+            tok = _sample(scaled, top_p, generator)
+        else:
+            tok = scaled.argmax(-1)
+        lp = torch.log_softmax(scaled, -1).gather(-1, tok[:, None]).squeeze(-1)
+        tok = torch.where(done, torch.full_like(tok, pad), tok)
+        lp = torch.where(done, torch.zeros_like(lp), lp)
+        tokens.append(tok)
+        logps.append(lp)
+        done = done | (tok == eos)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, (~done | (tok == eos)).long()[:, None]], dim=1)
+        last_pos = last_pos + 1
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=last_pos[:, None],
+                    past_key_values=past, use_cache=True)
+        past, next_logits = out.past_key_values, out.logits[:, -1]
+    response = torch.stack(tokens, dim=1)
+    logprobs = torch.stack(logps, dim=1)
+    is_eos = response == eos
+    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    response_mask = (~after_eos & (response != pad)).long()
+    return Rollout(query, qmask, response, response_mask, logprobs * response_mask,
+                   is_eos.any(dim=1))
+
+
+@torch.no_grad()
+def generate_texts(model, tokenizer, prompts: list[str], n: int = 1, *, max_new_tokens: int = 64,
+                   temperature: float = 1.0, top_p: float = 1.0,
+                   template: str = DEFAULT_TEMPLATE, batch_size: int = 32,
+                   seed: int | None = 0, prefix: str = "") -> list[list[str]]:
+    """n sampled responses (text, cut at EOS) per prompt. `prefix` is prepended to every
+    formatted prompt (e.g. few-shot examples for a prompted base model)."""
+    was_training = model.training
+    model.eval()
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    flat = [p for p in prompts for _ in range(n)]
+    texts: list[str] = []
+    for i in range(0, len(flat), batch_size):
+        chunk = flat[i:i + batch_size]
+        ids = [tokenizer(prefix, add_special_tokens=False)["input_ids"] +
+               encode_prompt(tokenizer, p, template) if prefix else
+               encode_prompt(tokenizer, p, template) for p in chunk]
+        ro = generate(model, tokenizer, ids, max_new_tokens=max_new_tokens,
+                      temperature=temperature, top_p=top_p, generator=gen)
+        texts.extend(decode_response(tokenizer, r) for r in ro.response.tolist())
+    model.train(was_training)
+    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]

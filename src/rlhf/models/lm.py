@@ -1,0 +1,90 @@
+"""Causal language models: load any HF model from a local path, or build a tiny one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel,
+                          LlamaConfig, LlamaForCausalLM, PreTrainedModel)
+
+from transformers.utils import logging as hf_logging
+
+from rlhf.config import TinyModelConfig
+from rlhf.errors import UserError
+from rlhf.models.tokenizer import ensure_pad_token
+
+
+hf_logging.disable_progress_bar()  # our own bars show progress; HF's per-file bars are noise
+hf_logging.set_verbosity_error()
+
+
+def _check_dir(path: str | Path, what: str) -> Path:
+    p = Path(path)
+    if not (p / "config.json").exists() and what == "model":
+        raise UserError(f"no Hugging Face {what} here (config.json missing)", path=str(p))
+    if not p.exists():
+        raise UserError(f"{what} path not found", path=str(p))
+    return p
+
+
+def load_tokenizer(path: str | Path):
+    p = _check_dir(path, "tokenizer")
+    tok = AutoTokenizer.from_pretrained(str(p))
+    ensure_pad_token(tok)
+    return tok
+
+
+def load_model(path: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """Load a causal LM saved with save_pretrained (any architecture transformers knows)."""
+    p = _check_dir(path, "model")
+    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype or torch.float32)
+    return model
+
+
+def build_tiny_model(cfg: TinyModelConfig, tokenizer) -> PreTrainedModel:
+    """A small GPT-2- or Llama-style model sized to the tokenizer, randomly initialised."""
+    vocab = len(tokenizer)
+    common = dict(vocab_size=vocab, bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if cfg.arch == "gpt2":
+        conf = GPT2Config(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                          n_positions=cfg.n_positions, resid_pdrop=cfg.dropout,
+                          embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, **common)
+        return GPT2LMHeadModel(conf)
+    conf = LlamaConfig(num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+                       num_key_value_heads=cfg.n_head, hidden_size=cfg.n_embd,
+                       intermediate_size=4 * cfg.n_embd, max_position_embeddings=cfg.n_positions,
+                       attention_dropout=cfg.dropout, tie_word_embeddings=True, **common)
+    return LlamaForCausalLM(conf)
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Set every dropout probability (p = 0 for RL: spec 7.9; SFT uses residual dropout 0.2)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+    conf = getattr(model, "config", None)
+    if conf is not None:
+        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout",
+                     "hidden_dropout", "dropout"):
+            if hasattr(conf, name) and isinstance(getattr(conf, name), float):
+                setattr(conf, name, p)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    set_dropout(model, 0.0)
+
+
+def context_length(model: PreTrainedModel) -> int:
+    conf = model.config
+    for name in ("n_positions", "max_position_embeddings"):
+        if getattr(conf, name, None):
+            return int(getattr(conf, name))
+    return 2048
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that ignore padding: exclusive cumsum of the mask (spec 7.4)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,89 @@
+"""Pretraining: causal-LM training on plain text packed into blocks; held-out perplexity.
+
+    cfg.pretrain.train_files -> tokenizer (trained here unless given) -> [N, block] blocks
+    -> tiny model (or `init`) -> AdamW, cosine to 10 % -> out/final (HF format) + perplexity
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from rlhf.config import Config, dump_config
+from rlhf.data.text import pack_blocks, read_documents
+from rlhf.models import build_tiny_model, load_model, load_tokenizer, train_tokenizer
+from rlhf.runs import Run
+from rlhf.train import dist
+from rlhf.train.common import save_checkpoint
+from rlhf.train.lm_loop import evaluate_nll, fit
+
+
+def block_examples(blocks: torch.Tensor) -> list[tuple[list[int], list[int]]]:
+    return [(b.tolist(), b.tolist()) for b in blocks]
+
+
+def collate_blocks(examples) -> dict[str, torch.Tensor]:
+    ids = torch.tensor([e[0] for e in examples], dtype=torch.long)
+    return {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def perplexity(model, tokenizer, files: list[str], block_size: int, micro_batch_size: int = 16,
+               max_tokens: int | None = None) -> float:
+    """exp(mean NLL) on held-out text packed like the training data (the alignment-tax metric)."""
+    blocks = pack_blocks(tokenizer, read_documents(files), block_size, max_tokens)
+    return math.exp(evaluate_nll(model, block_examples(blocks), collate_blocks, micro_batch_size))
+
+
+def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
+             halt_after: int | None = None) -> dict:
+    dist.init()
+    dist.seed_everything(cfg.seed)
+    p = cfg.pretrain
+    out = Path(out_dir)
+    run = Run(out, dump_config(cfg), is_main=dist.is_main(), resume=resume)
+    docs = read_documents(p.train_files)
+    if p.tokenizer:
+        tokenizer = load_tokenizer(p.tokenizer)
+    else:
+        tok_dir = out / "tokenizer"
+        if resume and (tok_dir / "tokenizer.json").exists():
+            tokenizer = load_tokenizer(tok_dir)
+        else:
+            if dist.is_main():
+                train_tokenizer(docs, p.model.vocab_size, tok_dir)
+            dist.barrier()
+            tokenizer = load_tokenizer(tok_dir)
+    if p.init:
+        model = load_model(p.init)
+    else:
+        torch.manual_seed(cfg.seed)  # same init on every rank
+        model = build_tiny_model(p.model, tokenizer)
+    blocks = pack_blocks(tokenizer, docs, p.block_size, p.max_tokens)
+    train = block_examples(blocks)
+    valid = None
+    if p.valid_files:
+        valid = block_examples(pack_blocks(tokenizer, read_documents(p.valid_files), p.block_size))
+    micro = p.micro_batch_size or max(1, p.batch_size // dist.world_size())
+
+    def on_eval(step: int) -> dict:
+        return {"valid/ppl": math.exp(evaluate_nll(model, valid, collate_blocks, micro))} \
+            if valid else {}
+
+    metrics = fit(model, tokenizer, train, collate_blocks, p, epochs=p.epochs, run=run,
+                  seed=cfg.seed, resume=resume, save_every=p.save_every, halt_after=halt_after,
+                  max_steps=p.max_steps, on_eval=on_eval, eval_every=p.eval_every,
+                  desc="pretrain")
+    summary = {"train_tokens": int(blocks.numel()), "params": model.num_parameters(),
+               "steps": metrics["step"], "final_train_loss": metrics.get("train/loss")}
+    if metrics["step"] < metrics["total_steps"]:
+        run.close()
+        return {**summary, "halted": True}
+    if valid:
+        summary["valid_ppl"] = on_eval(metrics["step"])["valid/ppl"]
+        run.log(metrics["step"], {"valid/ppl": summary["valid_ppl"]})
+    save_checkpoint(out / "final", model, tokenizer)
+    summary["model"] = str(out / "final")
+    run.finish(summary)
+    return summary
