@@ -1,0 +1,1 @@
+"""Training recipes: plain loops that read top to bottom like the paper."""
