@@ -112,9 +112,10 @@ def encode_demonstration(tokenizer, demo: Demonstration, max_length: int,
     truncated = False
     if len(prompt_ids) + len(resp_ids) > max_length:
         truncated = True
-        keep_prompt = max(0, min(len(prompt_ids), max_length // 2, max_length - len(resp_ids)))
+        keep_resp = min(len(resp_ids), max(max_length - len(prompt_ids), max_length // 2))
+        keep_prompt = min(len(prompt_ids), max_length - keep_resp)
         prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt:]
-        resp_ids = resp_ids[: max_length - len(prompt_ids)]
+        resp_ids = resp_ids[:keep_resp]
     ids = prompt_ids + resp_ids
     labels = (list(prompt_ids) if loss_on_prompt else [IGNORE] * len(prompt_ids)) + resp_ids
     return ids, labels, truncated
