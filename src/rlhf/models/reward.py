@@ -129,7 +129,7 @@ class RewardModel(nn.Module):
         conf.architectures = None
         if getattr(conf, "pad_token_id", None) is None and tokenizer is not None:
             conf.pad_token_id = tokenizer.pad_token_id
-        head_bias, reward_bias = float(self.head.bias), float(self.reward_bias)
+        head_bias, reward_bias = float(self.head.bias.detach()), float(self.reward_bias)
         c = head_bias + reward_bias
         w = self.head.weight.detach()
         norm = _final_norm(self.backbone)
