@@ -6,7 +6,6 @@ the step, model, optimiser, scheduler and RNG states, so resuming replays the sa
 
 from __future__ import annotations
 
-import math
 import random
 import re
 import shutil
@@ -18,6 +17,7 @@ import torch
 from rlhf.config import OptimFields
 from rlhf.errors import UserError
 from rlhf.io import atomic_path
+from rlhf.rl.optim import cosine_to_fraction
 from rlhf.train import dist
 
 
@@ -36,15 +36,9 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimFields) -> torch.optim.Opt
 def cosine_schedule(optimizer, total_steps: int, warmup_steps: int = 0,
                     final_fraction: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup, then cosine decay to `final_fraction` of the peak (paper: 10 %, no warmup)."""
-
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / span)
-        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    warmup = min(warmup_steps, max(0, total_steps - 1))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_to_fraction(step, max(total_steps, 1), final_fraction, warmup))
 
 
 class BatchPlan:
