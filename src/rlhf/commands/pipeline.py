@@ -1,0 +1,33 @@
+"""`rlhf pipeline`: the whole InstructGPT loop on the Instruction World, evaluated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Run the whole loop: world -> pretrain -> SFT -> (comparisons -> RM -> "
+                       "PPO/PPO-ptx) x rounds -> evaluation -> report.",
+                  invoke_without_command=True)
+
+
+@app.callback()
+def pipeline(config: Path = typer.Option(..., "--config", "-c", help="YAML config, e.g. "
+                                         "configs/demo.yaml or configs/quick.yaml."),
+             set_: Optional[list[str]] = typer.Option(None, "--set", "-s",
+                                                      help="Override: --set ppo.beta_kl=0.05"),
+             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder.")):
+    """Each stage is skipped when its output is complete: rerun to resume."""
+    from rlhf.config import load_config
+    from rlhf.errors import UserError
+    from rlhf.pipeline import run_pipeline
+    cfg = load_config(config, set_ or [])
+    out_dir = out or (Path(cfg.out) if cfg.out else None)
+    if out_dir is None:
+        raise UserError("say where the run goes: --out DIR (or `out:` in the config)")
+    summary = run_pipeline(cfg, out_dir)
+    text = summary.get("eval", {}).get("summary_text")
+    if text:
+        typer.echo(text)
+    typer.echo(f"report: {Path(out_dir) / 'eval' / 'report.html'}")

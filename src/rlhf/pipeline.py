@@ -1,0 +1,216 @@
+"""The whole InstructGPT loop, resumable stage by stage (`rlhf pipeline`).
+
+    world -> pretrain (base) -> SFT on simulated demonstrations
+      -> round r = 1..R:
+           K = 4..9 samples per RM prompt from the current policy -> training labelers rank them
+           -> RM on all rankings so far (normalised on demonstrations)
+           -> (round 1) pick the SFT epoch by RM score (paper §3.5)
+           -> PPO and PPO-ptx against the RM (KL reference = the selected SFT model)
+      -> evaluation by held-out labelers (win rate vs SFT, Likert, metadata, alignment tax,
+         proxy/gold reward vs sqrt(KL)) -> report.html, report.json
+
+Every stage writes its own folder and a `DONE` marker last; a stage whose marker exists is
+skipped, and an interrupted stage resumes from its own checkpoints. So an interrupted pipeline
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+from rlhf.config import Config, dump_config
+from rlhf.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+
+
+def _log(msg: str) -> None:
+    print(f"[pipeline {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Stages:
+    """Runs named stages once: a finished stage leaves `<dir>/DONE` with its result."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[Path], dict]) -> dict:
+        d = self.root / name
+        done = d / "DONE"
+        if done.exists():
+            _log(f"{name}: done already, skipped")
+            return json.loads(done.read_text())
+        _log(f"{name}: running")
+        d.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        result = fn(d) or {}
+        self.timings[name] = round(time.time() - t0, 1)
+        result = {**result, "seconds": self.timings[name]}
+        write_json_atomic(done, result)
+        _log(f"{name}: finished in {self.timings[name]} s")
+        return result
+
+
+def _cfg_with(cfg: Config, **sections) -> Config:
+    data = cfg.model_dump()
+    for section, values in sections.items():
+        data[section] = {**data[section], **values}
+    return Config.model_validate(data)
+
+
+# ------------------------------------------------------------------ comparisons from labelers
+
+def sample_and_rank(policy_dir: str, prompts: list[str], labelers: list, cfg: Config,
+                    out: Path, round_idx: int) -> dict:
+    """K = k_min..k_max samples per prompt from the policy, each prompt ranked by one labeler."""
+    from rlhf.generation import generate_texts
+    from rlhf.models import load_model, load_tokenizer
+    p = cfg.pipeline
+    rng = random.Random(cfg.seed * 7919 + round_idx)
+    ks = [rng.randint(p.k_min, p.k_max) for _ in prompts]
+    model, tok = load_model(policy_dir), load_tokenizer(policy_dir)
+    responses: list[list[str] | None] = [None] * len(prompts)
+    for k in sorted(set(ks)):
+        idx = [i for i, kk in enumerate(ks) if kk == k]
+        outs = generate_texts(model, tok, [prompts[i] for i in idx], k,
+                              max_new_tokens=p.sample_max_new_tokens,
+                              temperature=p.sample_temperature,
+                              template=cfg.sft.prompt_template, seed=rng.randrange(2**31))
+        for i, o in zip(idx, outs):
+            responses[i] = o
+    n_valid = int(len(prompts) * p.rm_valid_fraction)
+    train_rows, valid_rows = [], []
+    for i, (prompt, resp) in enumerate(zip(prompts, responses)):
+        resp = [r if r.strip() else "..." for r in resp]  # an empty sample still gets ranked
+        lab = labelers[rng.randrange(len(labelers))]
+        row = {"prompt": prompt, "responses": resp, "ranking": lab.rank(prompt, resp),
+               "labeler_id": lab.id}
+        (valid_rows if i < n_valid else train_rows).append(row)
+    write_jsonl_atomic(out / "rankings_train.jsonl", train_rows)
+    write_jsonl_atomic(out / "rankings_valid.jsonl", valid_rows)
+    return {"train": str(out / "rankings_train.jsonl"), "valid": str(out / "rankings_valid.jsonl"),
+            "n_train": len(train_rows), "n_valid": len(valid_rows),
+            "mean_k": sum(ks) / len(ks)}
+
+
+def heldout_valid_rankings(valid_file: str, labelers: list, out: Path, seed: int) -> str:
+    """The same validation samples ranked again by held-out labelers (for the split metric)."""
+    rng = random.Random(seed)
+    rows = [json.loads(x) for x in Path(valid_file).read_text().splitlines() if x.strip()]
+    for r in rows:
+        lab = labelers[rng.randrange(len(labelers))]
+        r["ranking"], r["labeler_id"] = lab.rank(r["prompt"], r["responses"]), lab.id
+    write_jsonl_atomic(out, rows)
+    return str(out)
+
+
+def _concat_jsonl(files: list[str], out: Path) -> str:
+    write_text_atomic(out, "".join(Path(f).read_text() for f in files))
+    return str(out)
+
+
+# ------------------------------------------------------------------------------ the pipeline
+
+def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
+    from rlhf.train.pretrain import pretrain
+    from rlhf.train.ppo import ppo
+    from rlhf.train.reward import select_sft_checkpoint, train_rm
+    from rlhf.train.sft import sft
+    from rlhf.world import LabelerPool, World, build_world
+
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(root / "config.yaml", dump_config(cfg))
+    st = Stages(root)
+    p = cfg.pipeline
+    t_start = time.time()
+
+    w = st.run("world", lambda d: build_world(d / "data", seed=cfg.seed, **p.world))
+    wdir = root / "world" / "data"
+    world = World.load(wdir)
+    pool = LabelerPool(world, n=p.n_labelers, seed=cfg.seed)
+    train_labelers, heldout = pool.train_labelers, pool.heldout_labelers
+    pre_files = [str(wdir / "pretrain/train.txt")]
+    valid_text = [str(wdir / "pretrain/valid.txt")]
+
+    def _pretrain(d: Path) -> dict:
+        c = _cfg_with(cfg, pretrain={"train_files": pre_files, "valid_files": valid_text})
+        return pretrain(c, d, resume=True)
+    base = st.run("pretrain", _pretrain)["model"]
+
+    def _sft(d: Path) -> dict:
+        c = _cfg_with(cfg, sft={"model": base,
+                                "train_file": str(wdir / "demonstrations/sft.jsonl"),
+                                "valid_file": str(wdir / "demonstrations/sft_valid.jsonl")})
+        return sft(c, d, resume=True)
+    sft_res = st.run("sft", _sft)
+    policy = sft_res["model"]
+    sft_model = policy
+    rm_prompts = [r["prompt"] for r in world.prompts("rm")]
+    ppo_prompts = str(wdir / "prompts/ppo.jsonl")
+    rankings_train: list[str] = []
+    rankings_valid: list[str] = []
+    rounds: list[dict] = []
+    per_round = p.rm_prompts_per_round
+    for r in range(1, p.rounds + 1):
+        chunk = rm_prompts[(r - 1) * per_round: r * per_round] or rm_prompts[:per_round]
+        cmp_ = st.run(f"r{r}_comparisons",
+                      lambda d, pol=policy, ch=chunk, rr=r: sample_and_rank(
+                          pol, ch, train_labelers, cfg, d, rr))
+        rankings_train.append(cmp_["train"])
+        rankings_valid.append(cmp_["valid"])
+
+        def _rm(d: Path, rr=r) -> dict:
+            train_file = _concat_jsonl(rankings_train, d / "train.jsonl")
+            hv = heldout_valid_rankings(rankings_valid[-1], heldout, d / "valid_heldout.jsonl",
+                                        cfg.seed + rr)
+            valid_file = _concat_jsonl([rankings_valid[-1], hv], d / "valid.jsonl")
+            c = _cfg_with(cfg, rm={"model": sft_model, "train_file": train_file,
+                                   "valid_file": valid_file,
+                                   "demonstrations_file":
+                                       str(wdir / "demonstrations/sft_valid.jsonl")})
+            return train_rm(c, d, resume=True)
+        rm_res = st.run(f"r{r}_rm", _rm)
+        rm_path = rm_res["model"]
+
+        if r == 1 and p.select_sft_by_rm and len(sft_res.get("epoch_checkpoints", [])) > 1:
+            sel = st.run("sft_select", lambda d: select_sft_checkpoint(
+                sft_res["epoch_checkpoints"], str(wdir / "prompts/sft_valid.jsonl"), rm_path,
+                d / "selection.json", n_prompts=p.select_prompts,
+                max_new_tokens=p.sample_max_new_tokens, template=cfg.sft.prompt_template,
+                seed=cfg.seed))
+            sft_model = policy = sel["selected"]
+
+        iters = cfg.ppo.iterations if r == 1 else (p.ppo_iterations_later_rounds
+                                                  or cfg.ppo.iterations)
+        variants = [("ppo", 0.0)] + ([("ppo_ptx", p.ppo_ptx_gamma)] if p.ppo_ptx else [])
+        results = {}
+        for name, gamma in variants:
+            start = policy if r == 1 else rounds[-1][name]
+
+            def _ppo(d: Path, start=start, gamma=gamma) -> dict:
+                c = _cfg_with(cfg, ppo={"policy": start, "reference": sft_model,
+                                        "reward_model": rm_path, "prompts_file": ppo_prompts,
+                                        "ptx_files": pre_files, "gamma_ptx": gamma,
+                                        "iterations": iters})
+                return ppo(c, d, resume=True)
+            results[name] = st.run(f"r{r}_{name}", _ppo)["model"]
+        rounds.append({"round": r, "rm": rm_path, **results,
+                       "rm_metrics": {k: v for k, v in rm_res.items() if k != "model"}})
+        # the next round's comparisons come from the current policy (InstructGPT's PPO-ptx)
+        policy = results.get("ppo_ptx", results["ppo"])
+
+    def _eval(d: Path) -> dict:
+        from rlhf.eval.pipeline_eval import evaluate_pipeline
+        return evaluate_pipeline(cfg, world, pool, root, base=base, sft=sft_model,
+                                 rounds=rounds, fewshot=(wdir / "fewshot.txt").read_text(),
+                                 valid_text=valid_text, out=d)
+    ev = st.run("eval", _eval)
+    summary = {"run": str(root), "world": w, "base": base, "sft": sft_model, "rounds": rounds,
+               "eval": ev, "stage_seconds": st.timings,
+               "wall_s_this_invocation": round(time.time() - t_start, 1)}
+    write_json_atomic(root / "summary.json", summary)
+    return summary
