@@ -65,7 +65,7 @@ def test_head_init_and_dropout(tok):
     w = rm.head.weight.detach()
     assert w.shape == (1, 256)
     assert float(w.std()) == pytest.approx(1 / math.sqrt(257), rel=0.15)   # spec 7.6
-    assert float(rm.head.bias) == 0.0 and float(rm.reward_bias) == 0.0
+    assert float(rm.head.bias.detach()) == 0.0 and float(rm.reward_bias) == 0.0
     assert all(m.p == 0.0 for m in rm.modules() if isinstance(m, torch.nn.Dropout))
     assert not hasattr(rm.backbone, "lm_head")
 

@@ -92,6 +92,7 @@ class RMConfig(OptimFields):
     train_file: str = ""            # rankings JSONL (or pairwise chosen/rejected)
     valid_file: str | None = None
     data_format: Literal["auto", "rankings", "pairwise", "hh_rlhf", "tldr"] = "auto"
+    skip_invalid: bool = False      # skip (and count) invalid records instead of stopping
     demonstrations_file: str | None = None  # for normalisation: demos score mean 0 (§3.5)
     prompt_template: str = "User: {prompt}\nAssistant:"
     max_length: int = 256
@@ -102,12 +103,15 @@ class RMConfig(OptimFields):
     lr: float = 9e-6                # paper: RM LR 9e-6
     grad_clip: float | None = None
     log_every: int = 10
+    eval_every: int | None = None   # held-out metrics every N steps (and always at the end)
+    save_every: int | None = None   # resumable checkpoints every N steps (None: final only)
     max_steps: int | None = None
 
 
 class PPOConfig(Section):
     """Step 3: PPO / PPO-ptx against the reward model (paper §3.5, App. C.4)."""
     policy: str = ""                # PPO init = SFT model; also the frozen KL reference
+    reference: str | None = None    # KL reference if not the init (later rounds start from PPO)
     reward_model: str | None = None # RM path; the value model is initialised from it
     reward_fn: str | None = None    # or "module:function" taking (prompts, responses) -> scores
     prompts_file: str = ""
@@ -164,6 +168,26 @@ class EvalConfig(Section):
     n_prompts: int | None = None
 
 
+class PipelineConfig(Section):
+    """The whole loop on the Instruction World (or your own files): `rlhf pipeline`."""
+    world: dict[str, Any] = Field(default_factory=dict)  # options for rlhf.world.build_world
+    n_labelers: int = 40            # simulated labeler pool (paper: ~40 labelers)
+    rounds: int = 2                 # rounds of (fresh comparisons -> RM -> PPO); paper repeats 2-3
+    k_min: int = 4                  # paper: K = 4..9 responses ranked per prompt
+    k_max: int = 9
+    rm_prompts_per_round: int = 400
+    rm_valid_fraction: float = 0.15  # share of ranked prompts held out for RM validation
+    sample_temperature: float = 1.0
+    sample_max_new_tokens: int = 48
+    select_sft_by_rm: bool = True   # paper §3.5: pick the SFT epoch by RM score, not val loss
+    select_prompts: int = 64        # validation prompts used for that selection
+    ppo_ptx: bool = True            # also train PPO-ptx (gamma_ptx from `ppo_ptx_gamma`)
+    ppo_ptx_gamma: float = 1.0      # γ_ptx under our per-token-mean normalisation
+    ppo_iterations_later_rounds: int | None = None  # default: same as ppo.iterations
+    eval_prompts: int | None = None # test prompts evaluated (None = all)
+    curve_prompts: int = 48         # prompts for the proxy/gold-vs-sqrt(KL) curve per checkpoint
+
+
 class Config(Section):
     """The root: `seed`, the output folder and one section per step."""
     seed: int = 0
@@ -173,6 +197,7 @@ class Config(Section):
     rm: RMConfig = Field(default_factory=RMConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     extra: dict[str, Any] = Field(default_factory=dict)  # free-form, for pipelines and plug-ins
 
 

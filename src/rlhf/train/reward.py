@@ -1,0 +1,324 @@
+"""Step 2, the reward model: learn r(x, y) from K-way rankings (paper §3.5, App. C.2).
+
+    SFT model -> drop the unembedding, add a scalar head N(0, 1/√(d+1)), bias 0     (spec 7.6)
+    for each global batch of `batch_size` prompts (1 epoch, AdamW β2 = 0.95, cosine to 10 %):
+        score all K responses of every prompt: K forward passes, not C(K,2)         (§3.5 fn. 5)
+        loss = mean over prompts of mean over non-tied pairs of −log σ(r_w − r_l)  (Eq. 1)
+    normalise: set the bias so that labeler demonstrations score mean 0            (§3.5, 7.7)
+    report held-out pairwise accuracy and log loss, by training vs held-out labelers (§4.1)
+
+Runs in one process or under torchrun (DDP): the global batch is split over ranks, and the
+gradient equals the single-process one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rlhf.config import Config, dump_config
+from rlhf.data.format import DEFAULT_TEMPLATE
+from rlhf.data.rankings import (EncodedRanking, collate_rankings, encode_pair, encode_rankings,
+                                load_prompt_responses, load_rankings, pad_sequences,
+                                scores_to_matrix)
+from rlhf.errors import UserError
+from rlhf.io import read_jsonl, require_str, write_json_atomic, write_text_atomic
+from rlhf.models import context_length, load_tokenizer
+from rlhf.models.reward import RewardModel
+from rlhf.rl.ranking import batched_ranking_loss, pair_stats
+from rlhf.runs import Run
+from rlhf.train import dist
+from rlhf.train.common import (BatchPlan, build_optimizer, cosine_schedule, load_trainer_state,
+                               save_checkpoint)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def _forward_batch(rm, batch: dict, device) -> torch.Tensor:
+    """Scores [B, Kmax] of a collated ranking batch (one forward over all ΣK sequences)."""
+    scores = rm(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    b, k = batch["pref"].shape[:2]
+    return scores_to_matrix(scores, batch["slot"], b, k)
+
+
+@torch.no_grad()
+def score_sequences(rm: RewardModel, seqs: list[list[int]], pad_id: int,
+                    batch_size: int = 32, raw: bool = False) -> list[float]:
+    """Scores of token-id sequences (batched by length, returned in input order).
+    raw=True leaves out the normalisation bias."""
+    was_training = rm.training
+    rm.eval()
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = [0.0] * len(seqs)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        ids, mask = pad_sequences([seqs[j] for j in idx], pad_id)
+        s = rm(ids.to(rm.device), mask.to(rm.device))
+        if raw:
+            s = s - rm.reward_bias
+        for j, v in zip(idx, s.tolist()):
+            out[j] = v
+    rm.train(was_training)
+    return out
+
+
+def score_texts(rm: RewardModel, tokenizer, prompts: list[str], responses: list[str],
+                batch_size: int = 32, template: str = DEFAULT_TEMPLATE,
+                max_length: int | None = None, raw: bool = False) -> list[float]:
+    """RM scores of (prompt, response) pairs, tokenised exactly as in training."""
+    if len(prompts) != len(responses):
+        raise ValueError("prompts and responses differ in length")
+    max_length = max_length or context_length(rm.backbone)
+    seqs = [encode_pair(tokenizer, p, r, max_length, template) for p, r in zip(prompts, responses)]
+    return score_sequences(rm, seqs, tokenizer.pad_token_id, batch_size, raw)
+
+
+def normalize_reward(rm: RewardModel, tokenizer, prompts: list[str], responses: list[str],
+                     batch_size: int = 32, template: str = DEFAULT_TEMPLATE,
+                     max_length: int | None = None) -> dict:
+    """Set rm.reward_bias so the (prompt, response) pairs — labeler demonstrations — score
+    mean 0 (§3.5). Computed from the un-normalised score, so running it twice is idempotent.
+    Under DDP each rank scores a shard and the mean is all-reduced."""
+    r, ws = dist.rank(), dist.world_size()
+    raw = score_texts(rm, tokenizer, prompts[r::ws], responses[r::ws], batch_size, template,
+                      max_length, raw=True)
+    tot = dist.all_reduce_sum(torch.tensor([sum(raw), len(raw)], dtype=torch.float64))
+    mean = float(tot[0] / max(float(tot[1]), 1.0))
+    rm.set_reward_bias(-mean)
+    return {"demonstrations": int(tot[1]), "raw_mean": mean, "reward_bias": -mean}
+
+
+@torch.no_grad()
+def evaluate_rankings(rm, data: list[EncodedRanking], pad_id: int, batch_size: int = 8,
+                      train_labelers: set[str] | None = None) -> dict:
+    """Held-out metrics: pairwise accuracy (score ties count 0.5), log loss per comparison, and
+    Eq. 1 loss per prompt; split into train_labelers/heldout_labelers when labeler ids exist."""
+    was_training = rm.training
+    rm.eval()
+    dev = dist.unwrap(rm).device
+    groups = ["all"] + (["train_labelers", "heldout_labelers"] if train_labelers else [])
+    sums = torch.zeros(len(groups), 5, dtype=torch.float64)  # correct, logloss, pairs, elems, loss
+    idx = list(range(dist.rank(), len(data), dist.world_size()))
+    for i in range(0, len(idx), batch_size):
+        chunk = [data[j] for j in idx[i:i + batch_size]]
+        batch = collate_rankings(chunk, pad_id)
+        S = _forward_batch(rm, batch, dev).cpu()
+        per_elem = batched_ranking_loss(S, batch["pref"], reduction="none")
+        for b, ex in enumerate(chunk):
+            st = pair_stats(S[b:b + 1], batch["pref"][b:b + 1])
+            row = torch.tensor([float(st["correct"]), float(st["log_loss"]),
+                                float(st["n_pairs"]), float(st["n_elements"]),
+                                float(per_elem[b]) * float(st["n_elements"])], dtype=torch.float64)
+            sums[0] += row
+            if train_labelers and ex.labeler_id is not None:
+                sums[1 if ex.labeler_id in train_labelers else 2] += row
+    sums = dist.all_reduce_sum(sums)
+    rm.train(was_training)
+    out = {}
+    for g, (correct, logloss, pairs, elems, loss) in zip(groups, sums.tolist()):
+        if pairs == 0:
+            continue
+        key = "" if g == "all" else f"{g}/"
+        out[f"{key}accuracy"] = correct / pairs
+        out[f"{key}log_loss"] = logloss / pairs
+        out[f"{key}loss"] = loss / max(elems, 1)
+        out[f"{key}pairs"] = int(pairs)
+        out[f"{key}prompts"] = int(elems)
+    return out
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+def _drop_unranked(data: list[EncodedRanking]) -> tuple[list[EncodedRanking], int]:
+    """Records whose responses are all tied carry no comparison (ties are dropped, App. C.2)."""
+    kept = [d for d in data if len(d.ranking) > 1]
+    return kept, len(data) - len(kept)
+
+
+def _latest(ckpt_dir: Path) -> Path | None:
+    pointer = ckpt_dir / "latest"
+    if pointer.exists():
+        p = ckpt_dir / pointer.read_text().strip()
+        if (p / "trainer_state.pt").exists():
+            return p
+    return None
+
+
+def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
+             halt_after: int | None = None) -> dict:
+    """Train a reward model from rankings; write run folder `out_dir` and `out_dir/final`."""
+    dist.init()
+    dist.seed_everything(cfg.seed)
+    r = cfg.rm
+    if not r.model:
+        raise UserError("path to the SFT model is required", field="rm.model")
+    if not r.train_file:
+        raise UserError("path to the rankings is required", field="rm.train_file")
+    out = Path(out_dir)
+    run = Run(out, dump_config(cfg), is_main=dist.is_main(), resume=resume)
+    device = dist.device()
+    tokenizer = load_tokenizer(r.model)
+    rm = RewardModel.from_causal_lm(r.model).to(device)   # dropout off (spec 7.9)
+    max_len = min(r.max_length, context_length(rm.backbone))
+
+    train_ex = load_rankings(r.train_file, r.max_k, r.data_format, r.skip_invalid)
+    train, n_unranked = _drop_unranked(
+        encode_rankings(tokenizer, train_ex, max_len, r.prompt_template, source=r.train_file))
+    train_labelers = {e.labeler_id for e in train_ex if e.labeler_id is not None}
+    valid = None
+    if r.valid_file:
+        valid_ex = load_rankings(r.valid_file, r.max_k, r.data_format, r.skip_invalid)
+        valid = encode_rankings(tokenizer, valid_ex, max_len, r.prompt_template,
+                                source=r.valid_file)
+    pad_id = tokenizer.pad_token_id
+    micro_eval = r.micro_batch_size or max(1, r.batch_size // dist.world_size())
+
+    plan = BatchPlan(len(train), r.batch_size, r.micro_batch_size, cfg.seed)
+    total = int(math.ceil(r.epochs * plan.steps_per_epoch))
+    if r.max_steps is not None:
+        total = min(total, r.max_steps)
+    optimizer = build_optimizer(rm, r)
+    scheduler = cosine_schedule(optimizer, total, r.warmup_steps, r.final_lr_fraction)
+    step = 0
+    if resume and (last := _latest(run.checkpoints)) is not None:
+        rm.load_state_dict(RewardModel.from_pretrained(last).state_dict())
+        step = load_trainer_state(last, optimizer, scheduler)["step"]
+    ddp_rm = dist.wrap_ddp(rm)
+    ddp_rm.train()
+
+    def checkpoint(name: str) -> None:
+        save_checkpoint(run.checkpoints / name, rm, tokenizer, optimizer, scheduler,
+                        {"step": step})
+        if dist.is_main():
+            write_text_atomic(run.checkpoints / "latest", name)
+
+    metrics: dict = {}
+    bar = tqdm(total=total, initial=step, desc="rm", disable=not dist.is_main(), leave=False)
+    t0, tokens, forwards = time.time(), 0, 0
+    while step < total:
+        epoch, in_epoch = divmod(step, plan.steps_per_epoch)
+        micro = [collate_rankings([train[i] for i in mb], pad_id)
+                 for mb in plan.micro_batches(epoch, in_epoch)]
+        # each prompt is one batch element (§3.5): divide by the global number of prompts
+        n_global = float(dist.all_reduce_sum(torch.tensor(float(sum(
+            b["pref"].shape[0] for b in micro)))))
+        stats = torch.zeros(4, dtype=torch.float64)   # loss sum, correct, pairs, elements
+        for k, batch in enumerate(micro):
+            sync = k == len(micro) - 1
+            ctx = ddp_rm.no_sync() if (not sync and hasattr(ddp_rm, "no_sync")) \
+                else contextlib.nullcontext()
+            with ctx:
+                S = _forward_batch(ddp_rm, batch, device)
+                loss_sum = batched_ranking_loss(S, batch["pref"], reduction="sum")
+                (loss_sum * dist.world_size() / n_global).backward()
+            st = pair_stats(S.detach(), batch["pref"])
+            stats += torch.tensor([float(loss_sum.detach()), float(st["correct"]), float(st["n_pairs"]),
+                                   float(st["n_elements"])], dtype=torch.float64)
+            tokens += int(batch["attention_mask"].sum())
+            forwards += batch["input_ids"].shape[0]
+        grad_norm = None
+        if r.grad_clip:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(rm.parameters(), r.grad_clip))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        stats = dist.all_reduce_sum(stats)
+        loss = float(stats[0] / n_global)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"rm: loss became {loss} at step {step}")
+        metrics = {"train/loss": loss, "train/accuracy": float(stats[1] / stats[2].clamp(min=1)),
+                   "train/comparisons": int(stats[2]), "train/lr": scheduler.get_last_lr()[0],
+                   "train/epoch": step / plan.steps_per_epoch,
+                   "train/tokens_per_s": tokens * dist.world_size() / max(time.time() - t0, 1e-9)}
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = grad_norm
+        if step % max(1, r.log_every) == 0 or step == total:
+            run.log(step, metrics)
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{metrics['train/accuracy']:.2f}")
+        bar.update(1)
+        if valid and r.eval_every and step % r.eval_every == 0 and step < total:
+            run.log(step, evaluate_rankings(ddp_rm, valid, pad_id, micro_eval, train_labelers),
+                    prefix="valid/")
+        if r.save_every and step % r.save_every == 0 and step < total:
+            checkpoint(f"step-{step:06d}")
+        if halt_after is not None and step >= halt_after and step < total:
+            bar.close()
+            checkpoint(f"step-{step:06d}")
+            run.close()
+            return {"steps": step, "halted": True}
+    bar.close()
+
+    summary: dict = {"prompts": len(train), "unranked_dropped": n_unranked, "steps": step,
+                     "forward_passes": forwards * dist.world_size(),
+                     "final_train_loss": metrics.get("train/loss"),
+                     "final_train_accuracy": metrics.get("train/accuracy"),
+                     "tokens_per_s": metrics.get("train/tokens_per_s")}
+    if r.demonstrations_file:
+        demos = load_prompt_responses(r.demonstrations_file)
+        summary["normalization"] = normalize_reward(
+            rm, tokenizer, [p for p, _ in demos], [a for _, a in demos], micro_eval,
+            r.prompt_template, max_len)
+        run.log(step, {"normalization/reward_bias": summary["normalization"]["reward_bias"]})
+    if valid:
+        summary["valid"] = evaluate_rankings(rm, valid, pad_id, micro_eval, train_labelers)
+        run.log(step, summary["valid"], prefix="valid/")
+    save_checkpoint(out / "final", rm, tokenizer)
+    summary["model"] = str(out / "final")
+    run.finish(summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------- SFT selection
+
+def read_prompts(path: str | Path) -> list[str]:
+    path = str(path)
+    prompts = [require_str(obj, "prompt", path, line) for line, obj in read_jsonl(path)]
+    if not prompts:
+        raise UserError("no prompts in file", path=path)
+    return prompts
+
+
+def select_sft_checkpoint(checkpoints: list[str | Path], prompts_file: str | Path,
+                          reward_model: str | Path, out_file: str | Path | None = None, *,
+                          n_prompts: int | None = None, max_new_tokens: int = 64,
+                          temperature: float = 1.0, template: str = DEFAULT_TEMPLATE,
+                          batch_size: int = 16, seed: int = 0) -> dict:
+    """The paper's SFT model selection (§3.5, App. C.1): sample one response per validation
+    prompt from each checkpoint, score with the RM, pick the highest mean score."""
+    from rlhf.generation import generate_texts
+    from rlhf.models import load_model
+
+    if not checkpoints:
+        raise UserError("give at least one SFT checkpoint", field="checkpoints")
+    prompts = read_prompts(prompts_file)[:n_prompts]
+    rm = RewardModel.from_pretrained(reward_model)
+    rm_tok = load_tokenizer(reward_model)
+    rm_len = context_length(rm.backbone)
+    results = []
+    for ck in checkpoints:
+        model = load_model(ck)
+        tok = load_tokenizer(ck)
+        texts = [t[0] for t in generate_texts(model, tok, prompts, 1,
+                                              max_new_tokens=max_new_tokens,
+                                              temperature=temperature, template=template,
+                                              batch_size=batch_size, seed=seed)]
+        empty = sum(not t.strip() for t in texts)
+        scores = score_texts(rm, rm_tok, prompts, texts, batch_size, template, rm_len)
+        results.append({"checkpoint": str(ck), "mean_score": sum(scores) / len(scores),
+                        "empty_responses": empty, "prompts": len(prompts)})
+        del model
+    best = max(results, key=lambda x: x["mean_score"])
+    selection = {"selected": best["checkpoint"], "mean_score": best["mean_score"],
+                 "criterion": "mean RM score of one sample per validation prompt",
+                 "reward_model": str(reward_model), "temperature": temperature, "seed": seed,
+                 "candidates": results}
+    if out_file is not None:
+        write_json_atomic(out_file, selection)
+    return selection
+
