@@ -164,6 +164,9 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
     device = dist.device()
     tokenizer = load_tokenizer(r.model)
     rm = RewardModel.from_causal_lm(r.model).to(device)   # dropout off (spec 7.9)
+    # Eq. 1 is shift-invariant: the head bias gets an exactly-zero gradient, which Adam would
+    # turn into ±lr noise steps. Keep it at 0; the normalisation bias sets the offset instead.
+    rm.head.bias.requires_grad_(False)
     max_len = min(r.max_length, context_length(rm.backbone))
 
     train_ex = load_rankings(r.train_file, r.max_k, r.data_format, r.skip_invalid)
@@ -254,8 +257,9 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
             return {"steps": step, "halted": True}
     bar.close()
 
+    forwards = int(dist.all_reduce_sum(torch.tensor(forwards)))
     summary: dict = {"prompts": len(train), "unranked_dropped": n_unranked, "steps": step,
-                     "forward_passes": forwards * dist.world_size(),
+                     "forward_passes": forwards,
                      "final_train_loss": metrics.get("train/loss"),
                      "final_train_accuracy": metrics.get("train/accuracy"),
                      "tokens_per_s": metrics.get("train/tokens_per_s")}
