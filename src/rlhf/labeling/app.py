@@ -1,0 +1,230 @@
+"""The labeling web app: `create_app(db_url, admin_token)` returns a FastAPI application.
+
+    /api/...      JSON for programs (simulated labelers, scripts); bearer token in a header
+    /login, /tasks/...     server-rendered pages for labelers; cookie session + CSRF token
+    /admin/...    server-rendered pages for the admin (log in with the admin token)
+    /static/...   one CSS file and one small script; pages work without the script
+
+Every error a client can cause is answered with a 4xx status and a sentence saying what was
+wrong (JSON {"error": ...} under /api, an HTML page elsewhere); 500 is left for real bugs.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rlhf.errors import UserError
+from rlhf.labeling import records as R
+from rlhf.labeling.errors import LabelingError
+from rlhf.labeling.security import SessionCodec
+from rlhf.labeling.store import Store
+
+log = logging.getLogger("rlhf.labeling")
+HERE = Path(__file__).parent
+
+SMALL_BODY = 256 * 1024  # answers, logins: far above an 8000-character demonstration
+LARGE_BODY = 32 * 1024 * 1024  # imports of prompt and ranking files
+SMALL_BODY_PREFIXES = ("/api/tasks", "/tasks", "/login", "/logout", "/api/me")
+
+
+class LoginRequired(Exception):
+    """Raised by page handlers when no suitable session exists; answered with a redirect."""
+
+
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body too large (limit {limit} bytes)")
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies above a size limit with 413, whether or not Content-Length is sent.
+    Answer and login routes get a small limit; admin imports a large one."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        limit = SMALL_BODY if path.startswith(SMALL_BODY_PREFIXES) else LARGE_BODY
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _error_asgi(scope, receive, send, 413,
+                              f"request body too large (limit {limit} bytes)")
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge as exc:
+            if started:
+                raise
+            await _error_asgi(scope, receive, send, 413, str(exc.detail))
+
+
+class SecurityHeadersMiddleware:
+    """Headers for every response: no framing, no MIME sniffing, scripts and styles only from
+    this origin (the templates use no inline script or style)."""
+
+    HEADERS = [
+        (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; "
+                                     b"img-src 'self' data:; form-action 'self'; "
+                                     b"frame-ancestors 'none'; base-uri 'none'"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"same-origin"),
+    ]
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + self.HEADERS
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def _error_asgi(scope: Scope, receive: Receive, send: Send, status: int, message: str
+                      ) -> None:
+    response = JSONResponse({"error": message, "status": status}, status_code=status)
+    await response(scope, receive, send)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    """A readable sentence from FastAPI's validation errors; malformed JSON is a 400."""
+    errors = exc.errors()
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            detail = (err.get("ctx") or {}).get("error", "invalid JSON")
+            return 400, f"malformed JSON body: {detail}"
+    parts = []
+    for err in errors[:5]:
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("body",)]
+        where = ".".join(loc) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return 422, "; ".join(parts) + more
+
+
+def create_app(db_url: str, admin_token: str | None = None, *, store: Store | None = None
+               ) -> FastAPI:
+    """Build the app on the database at `db_url` (any SQLAlchemy URL; tables are created).
+
+    `admin_token` unlocks /api admin routes and the admin pages; if None a random one is made
+    (read it back from `app.state.admin_token`). It also keys the session-cookie signatures.
+    """
+    from rlhf.labeling import api, pages
+
+    admin_token = admin_token or secrets.token_urlsafe(24)
+    if len(admin_token) < 8:
+        raise UserError("the admin token must be at least 8 characters long")
+    the_store = store or Store(db_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if store is None:  # a store passed in belongs to the caller
+            the_store.close()
+
+    app = FastAPI(title="rlhf labeling", version="1", docs_url="/api/docs",
+                  openapi_url="/api/openapi.json", redoc_url=None, lifespan=lifespan)
+    app.state.store = the_store
+    app.state.admin_token = admin_token
+    app.state.sessions = SessionCodec(admin_token)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.globals.update(FLAGS=R.FLAGS, KINDS=R.KINDS, MIN_K=R.MIN_K, MAX_K=R.MAX_K,
+                                 MAX_RESPONSE_CHARS=R.MAX_RESPONSE_CHARS,
+                                 LIKERT_MIN=R.LIKERT_MIN, LIKERT_MAX=R.LIKERT_MAX)
+    app.state.templates = templates
+
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.include_router(api.router)
+    app.include_router(pages.router)
+
+    def error_response(request: Request, status: int, message: str,
+                       headers: dict[str, str] | None = None) -> Response:
+        if request.url.path.startswith("/api") or "text/html" not in request.headers.get("accept", ""):
+            return JSONResponse({"error": message, "status": status}, status_code=status,
+                                headers=headers)
+        return templates.TemplateResponse(request, "error.html",
+                                          {"status": status, "message": message,
+                                           "session": None}, status_code=status, headers=headers)
+
+    @app.exception_handler(LabelingError)
+    async def _labeling_error(request: Request, exc: LabelingError) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error_response(request, exc.status, str(exc), headers)
+
+    @app.exception_handler(UserError)
+    async def _user_error(request: Request, exc: UserError) -> Response:
+        return error_response(request, 422, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        status, message = _validation_message(exc)
+        return error_response(request, status, message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no page or API route at {request.url.path}"
+        return error_response(request, exc.status_code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(LoginRequired)
+    async def _login_required(request: Request, exc: LoginRequired) -> Response:
+        return RedirectResponse("/login", status_code=303)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(request, 500, "internal error; the server log has the details")
+
+    return app
+
+
+def app_from_env() -> Any:
+    """uvicorn factory: `uvicorn --factory rlhf.labeling.app:app_from_env` reads RLHF_LABEL_DB
+    (default sqlite:///labels.db) and RLHF_ADMIN_TOKEN."""
+    import os
+
+    return create_app(os.environ.get("RLHF_LABEL_DB", "sqlite:///labels.db"),
+                      os.environ.get("RLHF_ADMIN_TOKEN"))
