@@ -158,7 +158,9 @@ class PPOConfig(Section):
     ptx_ratio: int = 8              # paper: 8 pretraining sequences per episode
     ptx_block_size: int = 128
     # bookkeeping
-    save_every: int = 50
+    check_invariants: bool = True   # KL = 0 at iteration 0, ratio = 1 on the first minibatch
+    save_every: int = 50            # iterations between resumable checkpoints
+    keep_checkpoints: int = 3       # newest checkpoints kept (0 = all)
     log_every: int = 1
 
 
