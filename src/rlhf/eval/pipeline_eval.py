@@ -1,0 +1,111 @@
+"""The pipeline's evaluation stage (called by rlhf.pipeline): every model of the loop on the
+world's held-out test prompts, judged by the held-out labelers, into report.html / report.json.
+
+Models: `base` (the pretrained LM), `base_prompted` (the same with the world's few-shot prefix,
+the paper's "GPT prompted"), `sft` (the reference of every win rate), and per round r
+`ppo_r{r}` / `ppo_ptx_r{r}`. Over-optimisation: for the plain-PPO run of every round, its saved
+policies (checkpoints/iter-*, final) are sampled on `pipeline.curve_prompts` test prompts at the
+PPO temperature and scored by that round's RM (proxy) and the gold judge against √KL(π‖SFT).
+The PPO runs' own metrics (objective/kl, objective/score) go to `kl_curve_train`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rlhf.eval.harness import ModelSpec, evaluate_models
+from rlhf.eval.judging import CLOSED_DOMAIN, labeler_agreement
+from rlhf.eval.overopt import (checkpoint_curve, fit_kl_curve, kl_curve_from_metrics,
+                               ppo_checkpoints)
+from rlhf.eval.report import summary_text, write_report
+
+
+def _closed_domain() -> set[str]:
+    try:  # the world's own list (it counts rewrites as closed-domain too)
+        from rlhf.world.prompts import CLOSED_DOMAIN as WORLD_CLOSED
+        return set(WORLD_CLOSED)
+    except ImportError:
+        return set(CLOSED_DOMAIN)
+
+
+def evaluate_pipeline(cfg, world, pool, root: str | Path, *, base: str, sft: str,
+                      rounds: list[dict], fewshot: str, valid_text: list[str],
+                      out: str | Path) -> dict:
+    out = Path(out)
+    p = cfg.pipeline
+    t_all = time.time()
+    prompts = list(world.prompts("test"))
+    n = p.eval_prompts or cfg.eval.n_prompts
+    prompts = prompts[:n] if n else prompts
+    template = cfg.ppo.prompt_template
+    specs = [ModelSpec("base", base, kind="base"),
+             ModelSpec("base_prompted", base, kind="prompted", prefix=fewshot,
+                       stop=["\nUser:", "User:"]),
+             ModelSpec("sft", sft, kind="sft")]
+    for r in rounds:
+        for key, kind in (("ppo", "ppo"), ("ppo_ptx", "ppo-ptx")):
+            if r.get(key):
+                specs.append(ModelSpec(f"{key}_r{r['round']}", r[key], kind=kind,
+                                       round=r["round"]))
+    responses: dict[str, list[str]] = {}
+    closed = _closed_domain()
+    results = evaluate_models(
+        specs, prompts, labelers=pool.heldout_labelers, judge=world.judge, reference="sft",
+        max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.temperature,
+        template=template, ppl_files=valid_text, ppl_block_size=cfg.pretrain.block_size,
+        reward_model=rounds[-1]["rm"] if rounds else None, closed_domain=closed,
+        seed=cfg.seed, out_dir=out, responses=responses)
+    timings: dict[str, Any] = dict(results.pop("timings"))
+
+    # inter-labeler agreement on the evaluated models' answers (K = number of models)
+    t0 = time.time()
+    per_prompt = [[responses[s.name][i] for s in specs] for i in range(len(prompts))]
+    results["labeler_agreement"] = {
+        "train": labeler_agreement(prompts, per_prompt, pool.train_labelers, seed=cfg.seed),
+        "heldout": labeler_agreement(prompts, per_prompt, pool.heldout_labelers,
+                                     seed=cfg.seed + 1)}
+    timings["agreement"] = round(time.time() - t0, 2)
+    if rounds:
+        results["rm"] = {k: v for k, v in (rounds[-1].get("rm_metrics") or {}).items()
+                         if not isinstance(v, (dict, list))}
+        results["rm"]["rounds"] = [{"round": r["round"], **(r.get("rm_metrics") or {})}
+                                   for r in rounds]
+
+    # over-optimisation: proxy and gold against sqrt(KL from SFT) along plain PPO
+    t0 = time.time()
+    curve: list[dict] = []
+    train_curve: list[dict] = []
+    curve_prompts = prompts[: p.curve_prompts]
+    for i, r in enumerate(rounds):
+        if not r.get("ppo"):
+            continue
+        run_dir = Path(r["ppo"]).parent
+        if (run_dir / "metrics.jsonl").exists():
+            train_curve += [{**pt, "round": r["round"]} for pt in kl_curve_from_metrics(run_dir)]
+        ckpts = ppo_checkpoints(run_dir)
+        if curve_prompts and ckpts:
+            curve += checkpoint_curve(ckpts, sft, curve_prompts, reward_model=r["rm"],
+                                      judge=world.judge, temperature=cfg.ppo.temperature,
+                                      max_new_tokens=cfg.ppo.max_new_tokens, template=template,
+                                      seed=cfg.seed, include_reference=(i == 0),
+                                      extra={"round": r["round"]})
+    results["kl_curve"] = curve
+    results["kl_fit"] = fit_kl_curve(curve) if curve else {}
+    results["kl_curve_train"] = train_curve
+    timings["kl_curve"] = round(time.time() - t0, 2)
+    timings["eval_total"] = round(time.time() - t_all, 1)
+    results["timings"] = timings
+    results["config"] = {**results.get("config", {}), "root": str(root),
+                         "n_test_prompts": len(prompts), "curve_prompts": len(curve_prompts)}
+    written = write_report(results, out)
+    text = summary_text(results)
+    print(text, flush=True)
+    models = results["models"]
+    return {"report_html": str(written["report.html"]),
+            "report_json": str(written["report.json"]), "summary": text,
+            "win_rate": {k: m.get("win_rate") for k, m in models.items()},
+            "lc_win_rate": {k: m.get("length_controlled_win_rate") for k, m in models.items()},
+            "likert": {k: m.get("likert") for k, m in models.items()},
+            "ppl": {k: m.get("ppl") for k, m in models.items()}}

@@ -1,0 +1,74 @@
+"""Responses of a model to evaluation prompts, and perplexity on held-out pretraining text.
+
+Evaluation samples greedily by default (temperature 0; App. D). A "GPT prompted" baseline is the
+base model with a few-shot `prefix` (see `few_shot_prefix`) placed before the formatted prompt;
+cut its answers at `stop=["\\nUser:"]` so it does not run on into the next made-up turn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from rlhf.data.format import DEFAULT_TEMPLATE, format_prompt
+
+
+def few_shot_prefix(examples: Sequence[tuple[str, str]], template: str = DEFAULT_TEMPLATE,
+                    sep: str = "\n\n") -> str:
+    """'User: p1\\nAssistant: r1\\n\\nUser: p2\\nAssistant: r2\\n\\n': k demonstrations in the
+    chat template, to prompt a base model into following instructions."""
+    return "".join(format_prompt(p, template) + " " + r.strip() + sep for p, r in examples)
+
+
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    """Text up to the first occurrence of any stop string (stripped)."""
+    if not stop:
+        return text
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
+    return text[:cut].strip()
+
+
+def _load(model_or_dir, tokenizer):
+    from rlhf.models import disable_dropout, load_model, load_tokenizer
+
+    if isinstance(model_or_dir, (str, Path)):
+        model = load_model(model_or_dir)
+        tokenizer = tokenizer or load_tokenizer(model_or_dir)
+    else:
+        model = model_or_dir
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer with an in-memory model")
+    disable_dropout(model)
+    model.eval()
+    return model, tokenizer
+
+
+def sample_model(model_dir, prompts: Sequence[Any], *, max_new_tokens: int = 64,
+                 temperature: float = 0.0, prefix: str = "", template: str = DEFAULT_TEMPLATE,
+                 stop: Sequence[str] | None = None, batch_size: int = 32, seed: int = 0,
+                 tokenizer=None) -> list[str]:
+    """One response per prompt (strings or records with "prompt") from a model folder (or an
+    in-memory model with its `tokenizer`). temperature = 0 decodes greedily."""
+    from rlhf.generation import generate_texts
+
+    model, tokenizer = _load(model_dir, tokenizer)
+    texts = [p["prompt"] if isinstance(p, dict) else str(p) for p in prompts]
+    if not texts:
+        return []
+    out = generate_texts(model, tokenizer, texts, 1, max_new_tokens=max_new_tokens,
+                         temperature=temperature, template=template, batch_size=batch_size,
+                         seed=seed, prefix=prefix)
+    return [cut_at_stop(r[0], stop) for r in out]
+
+
+def model_perplexity(model_dir, files: Sequence[str], *, block_size: int | None = None,
+                     max_tokens: int | None = None, micro_batch_size: int = 16,
+                     tokenizer=None) -> float:
+    """exp(mean NLL) on held-out pretraining text (the alignment-tax metric, §4.2); block_size
+    defaults to the model's context length."""
+    from rlhf.models import context_length
+    from rlhf.train.pretrain import perplexity
+
+    model, tokenizer = _load(model_dir, tokenizer)
+    bs = block_size or context_length(model)
+    return perplexity(model, tokenizer, list(map(str, files)), bs, micro_batch_size, max_tokens)
