@@ -19,7 +19,7 @@ A round with simulated labelers, in process or against a running server:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Iterable, Mapping, Protocol, Union
 
 import httpx
 
@@ -50,13 +50,25 @@ class FillReport:
         return sum(self.submitted.values())
 
 
-def _open(client: str | httpx.Client) -> tuple[httpx.Client, bool]:
-    if isinstance(client, httpx.Client):  # includes fastapi.testclient.TestClient
-        return client, False
-    return httpx.Client(base_url=client, timeout=60.0), True
+class HttpClient(Protocol):
+    """What the helpers need from a client: httpx.Client, or FastAPI's TestClient."""
+
+    def get(self, url: str, **kwargs: Any) -> Any: ...
+
+    def post(self, url: str, **kwargs: Any) -> Any: ...
 
 
-def _check(response: httpx.Response) -> Any:
+Client = Union[str, HttpClient]
+
+
+def _open(client: Client) -> tuple[HttpClient, bool]:
+    """A client for a base URL (closed by the caller), or the given client object as it is."""
+    if isinstance(client, str):
+        return httpx.Client(base_url=client, timeout=60.0), True
+    return client, False
+
+
+def _check(response: Any) -> Any:
     if response.status_code >= 400:
         try:
             message = response.json().get("error", response.text)
@@ -87,7 +99,7 @@ def answer_for(labeler: LabelerLike, task: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown task kind {kind!r}")
 
 
-def fill_queues(client: str | httpx.Client, project: str, labelers: Mapping[str, LabelerLike], *,
+def fill_queues(client: Client, project: str, labelers: Mapping[str, LabelerLike], *,
                 batch_size: int = 100, max_per_labeler: int | None = None) -> FillReport:
     """Let each labeler (keyed by its token) answer all its pending tasks of `project`, through
     GET /api/tasks and POST /api/tasks/{id}/submission. Safe to run again: answered tasks are
@@ -120,11 +132,11 @@ def fill_queues(client: str | httpx.Client, project: str, labelers: Mapping[str,
             report.submitted.setdefault(name, 0)
     finally:
         if owned:
-            http.close()
+            http.close()  # type: ignore[attr-defined]
     return report
 
 
-def register_labelers(client: str | httpx.Client, admin_token: str, labelers: Iterable[Any]
+def register_labelers(client: Client, admin_token: str, labelers: Iterable[Any]
                       ) -> dict[str, Any]:
     """Create an app labeler named after each labeler's `.id` (issuing a new token if the name
     exists) and return {token: labeler}, ready for `fill_queues`."""
@@ -140,5 +152,5 @@ def register_labelers(client: str | httpx.Client, admin_token: str, labelers: It
             out[_check(response)["token"]] = labeler
     finally:
         if owned:
-            http.close()
+            http.close()  # type: ignore[attr-defined]
     return out
