@@ -348,6 +348,33 @@ def test_resume_continues_the_same_trajectory(world, tmp_path):
     assert a[2]["objective/beta"] != a[0]["objective/beta"]      # the controller moved β
 
 
+@pytest.mark.parametrize("schedule, expect", [("constant_warmup", [0.1, 0.55, 1.0, 1.0]),
+                                              ("linear", [1.0, 0.75, 0.5, 0.25])])
+def test_lr_schedules(world, tmp_path, schedule, expect):
+    """[IGPT]: constant with a warmup from 0.1× (here over 2 iterations); [LMHP]: linear decay."""
+    P.ppo(make_cfg(world, iterations=4, lr_schedule=schedule, warmup_iterations=2, lr=1e-3,
+                   episodes_per_iteration=4, minibatch_size=4), tmp_path / "run")
+    got = [r["lr"] for r in read_metrics(tmp_path / "run")]
+    assert got == pytest.approx([1e-3 * f for f in expect])
+
+
+def test_paper_and_peer_options_run_finite(world, tmp_path):
+    """TF-style Adam, linear decay, reward whitening, clamped KL, gradient clipping, 2 epochs,
+    adaptive β: every option runs and produces finite metrics."""
+    got = {}
+
+    def hooks(event, state):
+        if event == "setup":
+            got["opt"] = type(state["trainer"].opt).__name__
+
+    P.ppo(make_cfg(world, adam_style="tf", lr_schedule="linear", whiten_rewards=True,
+                   clamp_kl=True, grad_clip=0.5, ppo_epochs=2, adaptive_kl=True, gae_lambda=1.0),
+          tmp_path / "run", hooks=hooks)
+    assert got["opt"] == "TFAdam"
+    for row in read_metrics(tmp_path / "run"):
+        assert all(math.isfinite(v) for v in row.values() if isinstance(v, float)), row
+
+
 def test_micro_batches_accumulate_to_the_same_update(world, tmp_path):
     """The minibatch gradient is a token-weighted mean however it is split into micro-batches."""
     P.ppo(make_cfg(world, micro_batch_size=4, iterations=1), tmp_path / "a")

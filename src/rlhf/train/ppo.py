@@ -442,9 +442,12 @@ def _non_finite_rows(x: Tensor) -> list[int]:
 
 @torch.no_grad()
 def rollout(actors: Actors, p: PPOConfig, prompts: list[str], prompt_ids: list[list[int]],
-            generator: torch.Generator | None, timer: Timer | None = None,
-            iteration: int = 0) -> Episodes:
-    """Sample, then score: one batched call per model per chunk of `rollout_batch_size`."""
+            generator: torch.Generator | Callable[[int], torch.Generator] | None,
+            timer: Timer | None = None, iteration: int = 0) -> Episodes:
+    """Sample, then score: one batched call per model per chunk of `rollout_batch_size`.
+
+    `generator` may be a function of the chunk's first episode index, so that the samples do
+    not depend on how the episodes are split over processes."""
     timer = timer or Timer()
     tok = actors.tokenizer
     pad = tok.pad_token_id
@@ -453,9 +456,10 @@ def rollout(actors: Actors, p: PPOConfig, prompts: list[str], prompt_ids: list[l
     chunks = []
     for s in range(0, len(prompt_ids), p.rollout_batch_size):
         texts, ids = prompts[s:s + p.rollout_batch_size], prompt_ids[s:s + p.rollout_batch_size]
+        gen = generator(s) if callable(generator) else generator
         with timer("generation"):
             ro = generate(policy_lm, tok, ids, max_new_tokens=p.max_new_tokens,
-                          temperature=p.temperature, generator=generator)
+                          temperature=p.temperature, generator=gen)
         q, qm, r, rm = ro.query, ro.query_mask, ro.response, ro.response_mask
         with timer("score_ref"):
             ref_lp = response_logprobs(actors.ref, q, qm, r, rm, temperature=p.temperature,
@@ -671,7 +675,8 @@ class Trainer:
             "causes: dropout left on in the policy (RL models need p = 0), the temperature "
             "applied in sampling but not in training (or vice versa), padding or position ids "
             "that differ between generation and training, or weights changed between the "
-            "rollout and the first update.")
+            "rollout and the first update. (In reduced precision, where log-probs legitimately "
+            "differ more, set ppo.check_invariants=false.)")
 
     # -------------------------------------------------------------- ptx
     def ptx_losses(self, iteration: int, epoch: int, k: int) -> Tensor:
@@ -962,7 +967,12 @@ def ppo(cfg: Config, out_dir: str | Path, resume: bool = False, halt_after: int 
         # ---- rollout: this process's share of the iteration's prompts ----------------------
         idx = iteration_prompts(len(prompts), seed, it, plan.episodes_per_iteration)
         idx = idx[rank * plan.episodes_per_rank:(rank + 1) * plan.episodes_per_rank]
-        gen = torch.Generator(device=dev).manual_seed(_seed(seed, 3, it, rank))
+        offset = rank * plan.episodes_per_rank
+
+        def gen(s: int, it=it, offset=offset) -> torch.Generator:
+            # seeded by the chunk's global position: the same samples in 1 or N processes
+            return torch.Generator(device=dev).manual_seed(_seed(seed, 3, it, offset + s))
+
         ep = rollout(actors, p, [prompts[i] for i in idx], [prompt_ids[i] for i in idx], gen,
                      timer, it)
         if hooks:
@@ -1018,7 +1028,8 @@ def _check_kl0(ep: Episodes) -> None:
             f"PPO invariant violated: KL to the reference is not 0 at iteration 0 (mean per-token "
             f"log-ratio {mean:.3g}, max |log-ratio| {worst:.3g}). The reference must be an exact, "
             "frozen copy of the initial policy, scored with the same temperature, PAD removal "
-            "and position ids as the sampler; check dropout (off), dtype and the temperature.")
+            "and position ids as the sampler; check dropout (off), dtype and the temperature. "
+            "(In reduced precision, set ppo.check_invariants=false.)")
 
 
 def _iteration_metrics(ep: Episodes, extra: dict, stats: dict, timer: Timer, wall: float,
