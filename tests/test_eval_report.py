@@ -196,3 +196,12 @@ def test_cli(tiny_dir, tmp_path):
                             str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "rep" / "report.html").exists()
+
+
+def test_sample_model_cuts_long_prompts_to_context(tiny_dir):
+    from rlhf.eval.samples import sample_model
+    long_prefix = "the cat sat on the hill . " * 80              # far beyond 128 positions
+    out = sample_model(tiny_dir, ["Repeat: red"], max_new_tokens=8, prefix=long_prefix)
+    assert len(out) == 1
+    with pytest.raises(Exception, match="max_new_tokens"):
+        sample_model(tiny_dir, ["x"], max_new_tokens=200)

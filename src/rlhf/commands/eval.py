@@ -100,7 +100,7 @@ def compare(model: list[str] = typer.Option(..., "--model", "-m",
             out: Path = typer.Option(..., "--out", "-o", help="Report folder.")):
     """Win rate against the reference (95% CI, length-controlled), Likert and metadata by the
     world's held-out labelers, gold scores, perplexity; writes report.html/json + PNGs."""
-    from rlhf.eval.harness import ModelSpec, evaluate_models
+    from rlhf.eval.harness import ModelSpec, evaluate_models, world_closed_domain
     from rlhf.eval.report import summary_text, write_report
     from rlhf.io import read_jsonl
 
@@ -129,7 +129,8 @@ def compare(model: list[str] = typer.Option(..., "--model", "-m",
                               reference=reference, max_new_tokens=max_new_tokens,
                               temperature=temperature, ppl_files=[str(x) for x in ppl_data or []],
                               ppl_max_tokens=ppl_max_tokens, reward_model=reward_model,
-                              truthfulqa=questions, seed=seed, out_dir=out)
+                              truthfulqa=questions, closed_domain=world_closed_domain(),
+                              seed=seed, out_dir=out)
     write_report(results, out)
     typer.echo(summary_text(results))
     typer.echo(f"report: {out / 'report.html'}")

@@ -34,6 +34,16 @@ class ModelSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def world_closed_domain() -> set[str]:
+    """The Instruction World's closed-domain categories (it counts rewrites too), falling back
+    to rlhf.eval.judging.CLOSED_DOMAIN (closed_qa, summarization, extract)."""
+    try:
+        from rlhf.world.prompts import CLOSED_DOMAIN as WORLD_CLOSED
+        return set(WORLD_CLOSED)
+    except ImportError:
+        return set(CLOSED_DOMAIN)
+
+
 def _log(msg: str) -> None:
     print(f"[eval {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -64,7 +74,8 @@ def evaluate_models(specs: Sequence[ModelSpec], prompts: Sequence, *, labelers: 
                     out_dir: str | Path | None = None,
                     responses: dict[str, list[str]] | None = None) -> dict:
     """Evaluate `specs` (one must be named `reference`) on `prompts` (records or strings).
-    `responses` may hold already sampled answers by model name (they are not re-sampled).
+    `responses` may hold already sampled answers by model name (they are not re-sampled); the
+    dict is filled in with every model's answers.
     Returns the results dict (models, reference, timings, config)."""
     names = [s.name for s in specs]
     if reference not in names:
@@ -73,7 +84,7 @@ def evaluate_models(specs: Sequence[ModelSpec], prompts: Sequence, *, labelers: 
         raise ValueError(f"model names repeat: {names}")
     closed = set(closed_domain)
     timings: dict[str, float] = {}
-    resp: dict[str, list[str]] = dict(responses or {})
+    resp: dict[str, list[str]] = responses if responses is not None else {}
     for s in specs:
         if s.name in resp:
             continue

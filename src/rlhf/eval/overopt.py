@@ -210,7 +210,9 @@ def checkpoint_curve(checkpoints: Sequence[tuple[Any, str | Path]], reference: s
         rm = RewardModel.from_pretrained(reward_model)
         rm.eval()
     texts = [p["prompt"] if isinstance(p, dict) else str(p) for p in prompts]
-    ids = [encode_prompt(tok, t, template) for t in texts]
+    from rlhf.models import context_length
+    room = max(1, context_length(ref) - max_new_tokens)   # long prompts are cut from the left
+    ids = [encode_prompt(tok, t, template)[-room:] for t in texts]
     todo = ([(0, Path(reference))] if include_reference else []) + \
         [(s, Path(p)) for s, p in checkpoints]
     points = []

@@ -15,19 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlhf.eval.harness import ModelSpec, evaluate_models
-from rlhf.eval.judging import CLOSED_DOMAIN, labeler_agreement
+from rlhf.eval.harness import ModelSpec, evaluate_models, world_closed_domain
+from rlhf.eval.judging import labeler_agreement
 from rlhf.eval.overopt import (checkpoint_curve, fit_kl_curve, kl_curve_from_metrics,
                                ppo_checkpoints)
 from rlhf.eval.report import summary_text, write_report
-
-
-def _closed_domain() -> set[str]:
-    try:  # the world's own list (it counts rewrites as closed-domain too)
-        from rlhf.world.prompts import CLOSED_DOMAIN as WORLD_CLOSED
-        return set(WORLD_CLOSED)
-    except ImportError:
-        return set(CLOSED_DOMAIN)
 
 
 def evaluate_pipeline(cfg, world, pool, root: str | Path, *, base: str, sft: str,
@@ -50,7 +42,7 @@ def evaluate_pipeline(cfg, world, pool, root: str | Path, *, base: str, sft: str
                 specs.append(ModelSpec(f"{key}_r{r['round']}", r[key], kind=kind,
                                        round=r["round"]))
     responses: dict[str, list[str]] = {}
-    closed = _closed_domain()
+    closed = world_closed_domain()
     results = evaluate_models(
         specs, prompts, labelers=pool.heldout_labelers, judge=world.judge, reference="sft",
         max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.temperature,

@@ -405,7 +405,7 @@ def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write report.json, the PNGs that have data, and report.html into out_dir; returns
     {file name: path}."""
     from rlhf.eval.overopt import curve_summary, fit_kl_curve, plot_reward_vs_kl
-    from rlhf.io import write_json_atomic, write_text_atomic
+    from rlhf.io import write_text_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -433,7 +433,8 @@ def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
                 (out / name).unlink(missing_ok=True)  # stale plot of an earlier report
         finally:
             tmp.unlink(missing_ok=True)
-    write_json_atomic(out / "report.json", results)
+    # not sorted: the order of "models" is the display order
+    write_text_atomic(out / "report.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
     os.chmod(out / "report.json", 0o644)
     written["report.json"] = out / "report.json"
     write_text_atomic(out / "report.html", render_html(results, {n: n for n in written

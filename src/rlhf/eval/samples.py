@@ -48,17 +48,34 @@ def sample_model(model_dir, prompts: Sequence[Any], *, max_new_tokens: int = 64,
                  stop: Sequence[str] | None = None, batch_size: int = 32, seed: int = 0,
                  tokenizer=None) -> list[str]:
     """One response per prompt (strings or records with "prompt") from a model folder (or an
-    in-memory model with its `tokenizer`). temperature = 0 decodes greedily."""
-    from rlhf.generation import generate_texts
+    in-memory model with its `tokenizer`). temperature = 0 decodes greedily. Like
+    `rlhf.generation.generate_texts`, but a prompt (with its prefix) longer than the context
+    minus `max_new_tokens` is cut from the left, so a few-shot prefix never overflows a tiny
+    model's context."""
+    import torch
+
+    from rlhf.data.format import decode_response, encode_prompt
+    from rlhf.errors import UserError
+    from rlhf.generation import generate
+    from rlhf.models import context_length
 
     model, tokenizer = _load(model_dir, tokenizer)
     texts = [p["prompt"] if isinstance(p, dict) else str(p) for p in prompts]
     if not texts:
         return []
-    out = generate_texts(model, tokenizer, texts, 1, max_new_tokens=max_new_tokens,
-                         temperature=temperature, template=template, batch_size=batch_size,
-                         seed=seed, prefix=prefix)
-    return [cut_at_stop(r[0], stop) for r in out]
+    room = context_length(model) - max_new_tokens
+    if room < 1:
+        raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in a "
+                        f"context of {context_length(model)}", field="max_new_tokens")
+    pre = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    ids = [(pre + encode_prompt(tokenizer, t, template))[-room:] for t in texts]
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    out: list[str] = []
+    for i in range(0, len(ids), batch_size):
+        ro = generate(model, tokenizer, ids[i:i + batch_size], max_new_tokens=max_new_tokens,
+                      temperature=temperature, generator=gen)
+        out += [cut_at_stop(decode_response(tokenizer, r), stop) for r in ro.response.tolist()]
+    return out
 
 
 def model_perplexity(model_dir, files: Sequence[str], *, block_size: int | None = None,

@@ -17,8 +17,10 @@ Choices (documented here, used everywhere in `rlhf.eval`):
   L2 penalty (0.01) on θ1 only (so a perfectly length-separated sample still has a finite fit). The
   length-controlled win rate is σ(θ0): the predicted win rate of an equally long answer. This is
   the idea of AlpacaEval's length-controlled win rate, reduced to one covariate. Its CI is a
-  percentile bootstrap over comparisons. A simpler companion, the **length-matched win rate**,
-  is the raw win rate over the comparisons whose lengths are within a factor of 1.25.
+  percentile bootstrap over comparisons. When the model is longer in (nearly) every comparison,
+  σ(θ0) extrapolates to an equal length the data never shows; read it with the simpler
+  companion, the **length-matched win rate**: the raw win rate over the comparisons whose
+  lengths are within a factor of 1.25 (`length_matched_n` says how many there were).
 """
 
 from __future__ import annotations
