@@ -28,7 +28,8 @@ EXPECTED_FILES = [
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_vocabulary_is_small_and_closed(built: Path):
     corpus = (built / "pretrain" / "train.txt").read_text()
     corpus_words = set(words(corpus))
     assert len(corpus_words) < 600
-    assert all(is_known(w) for w in corpus_words), sorted(w for w in corpus_words if not is_known(w))
+    assert all(is_known(w) for w in corpus_words), [w for w in corpus_words if not is_known(w)]
     for split in SPLITS:
         for r in world.prompts(split):
             text = r["prompt"] + " " + world.good_response(r)
@@ -182,3 +183,24 @@ def test_cli_build_and_stats(tmp_path: Path):
     assert result.exit_code == 0, result.output
     for needle in ("generation", "harmful", "pretrain/train.txt", "agreement", "train", "heldout"):
         assert needle in result.output
+
+
+def test_load_reports_bad_prompt_files(built: Path, tmp_path: Path):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy)
+    path = copy / "prompts" / "rm.jsonl"
+    lines = path.read_text().splitlines()
+    lines[2] = json.dumps({"id": "x", "prompt": "Hi", "category": "poetry"})
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError) as err:
+        World.load(copy)
+    assert err.value.line == 3 and err.value.field == "category" and "rm.jsonl" in str(err.value)
+
+
+def test_module_docstring_explains_why_rlhf_is_needed():
+    import rlhf.world
+    doc = rlhf.world.__doc__
+    assert "Why SFT on the demonstrations alone cannot reach the gold optimum" in doc
+    for category in CATEGORIES:
+        assert category in doc

@@ -319,7 +319,8 @@ def test_good_responses_score_high_and_samples_separate(world: World):
         g = world.judge(r, good_response(u, r, rng))
         assert g.score >= 0.95, (r["prompt"], g)
         for kind in ("parroted", "truncated", "hallucinated", "off_topic"):
-            by_kind.setdefault(kind, []).append(world.judge(r, policy_sample(u, r, rng, kind)).score)
+            sample = policy_sample(u, r, rng, kind)
+            by_kind.setdefault(kind, []).append(world.judge(r, sample).score)
     for kind, scores in by_kind.items():
         assert sum(scores) / len(scores) < 0.75, kind
 

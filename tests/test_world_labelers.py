@@ -89,7 +89,8 @@ def test_demonstrations_slip_at_the_set_rate(world: World):
                   for i, r in enumerate(prompts)]
         return sum(scores) / len(scores)
 
-    clean_score, default_score, sloppy_score = mean_score(clean), mean_score(default), mean_score(sloppy)
+    clean_score, sloppy_score = mean_score(clean), mean_score(sloppy)
+    default_score = mean_score(default)
     assert clean_score >= 0.99
     assert sloppy_score < default_score < clean_score
     assert sloppy_score < 0.85 and default_score > 0.93
@@ -112,3 +113,10 @@ def test_training_labelers_agree_like_the_paper(world: World, pool: LabelerPool)
 def test_agreement_needs_two_labelers(pool: LabelerPool):
     with pytest.raises(ValueError):
         agreement_rate(pool.labelers[:1], [], [])
+
+
+def test_small_pools_hold_out_a_quarter(world: World):
+    assert len(LabelerPool(world, n=6).heldout_labelers) == 1
+    assert len(LabelerPool(world, n=8).heldout_labelers) == 2
+    small = World(0, n_sft=10, n_sft_valid=2, n_rm=10, n_ppo=10, n_test=10, n_labelers=6)
+    assert len(small.labeler_pool().train_labelers) == 5

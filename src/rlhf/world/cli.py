@@ -29,9 +29,11 @@ def build(
     ppo: int = typer.Option(_D.n_ppo, help="PPO prompts."),
     test: int = typer.Option(_D.n_test, help="Test prompts."),
     labelers: int = typer.Option(_D.n_labelers, help="Simulated labelers."),
-    heldout: int = typer.Option(_D.n_heldout, help="How many of them are held out."),
+    heldout: Optional[int] = typer.Option(None, help="How many of them are held out "
+                                                      "(default: a quarter)."),
     noise: Optional[float] = typer.Option(None, help=f"Labeler noise (default {_D.noise})."),
-    slip_rate: Optional[float] = typer.Option(None, help=f"Demonstration slip rate (default {_D.slip_rate})."),
+    slip_rate: Optional[float] = typer.Option(
+        None, help=f"Demonstration slip rate (default {_D.slip_rate})."),
 ) -> None:
     """Write corpus, prompt splits, demonstrations and few-shot prefix to --out."""
     start = time.perf_counter()
@@ -44,8 +46,9 @@ def build(
     typer.echo(f"  pretraining words: {summary['pretrain_tokens']['train']:,} train, "
                f"{summary['pretrain_tokens']['valid']:,} valid")
     typer.echo(f"  prompts: {prompts}")
+    labelers_ = summary["labelers"]
     typer.echo(f"  demonstrations: {sum(summary['demonstrations'].values())}; labelers: "
-               f"{len(summary['labelers']['train'])} train, {len(summary['labelers']['heldout'])} held out")
+               f"{len(labelers_['train'])} train, {len(labelers_['heldout'])} held out")
 
 
 @app.command()
@@ -60,8 +63,10 @@ def stats(
     typer.echo(header)
     for cat in CATEGORIES:
         typer.echo(f"{cat:<16}" + "".join(f"{s['categories'][sp][cat]:>10}" for sp in SPLITS))
-    typer.echo(f"{'total':<16}" + "".join(f"{sum(s['categories'][sp].values()):>10}" for sp in SPLITS))
-    typer.echo(f"{'words/prompt':<16}" + "".join(f"{s['prompt_words'][sp]:>10.1f}" for sp in SPLITS))
+    totals = (sum(s["categories"][sp].values()) for sp in SPLITS)
+    typer.echo(f"{'total':<16}" + "".join(f"{t:>10}" for t in totals))
+    typer.echo(f"{'words/prompt':<16}" + "".join(f"{s['prompt_words'][sp]:>10.1f}"
+                                                 for sp in SPLITS))
     typer.echo("")
     for name, t in s["pretrain"].items():
         typer.echo(f"pretrain/{name}.txt: {t['tokens']:,} words, {t['documents']:,} documents, "
@@ -75,5 +80,6 @@ def stats(
                f"policy-like samples (ties left out; paper: 72.6% train, 77.3% held-out):")
     for name in ("train", "heldout"):
         if name in a:
-            typer.echo(f"  {name:<8} {100 * a[name]['rate']:.1f}%  (ties {100 * a[name]['tie_rate']:.1f}%, "
-                       f"{a[name]['judgements']:,} paired judgements)")
+            m = a[name]
+            typer.echo(f"  {name:<8} {100 * m['rate']:.1f}%  (ties {100 * m['tie_rate']:.1f}%, "
+                       f"{m['judgements']:,} paired judgements)")

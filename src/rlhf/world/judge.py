@@ -274,7 +274,8 @@ def _topic_named(u: Universe, topic: str, text: str) -> bool:
 def _judge_generation(u: Universe, rec: Record, text: str) -> Assessment:
     """Generation. task = 0.3 * share of topics named + 0.3 * share of sentences on topic
     (naming a topic or using a pronoun) + 0.4 * share of true factual claims (when the text
-    claims nothing checkable: 1.0 for a story, 0.5 otherwise). constraint = exactly N sentences (0.3 when off by one), or at most
+    claims nothing checkable: 1.0 for a story, 0.5 otherwise). constraint = exactly N sentences
+    (0.3 when off by one), or at most
     M words (linear penalty). Budget: 14 words a sentence + 4, or M."""
     sents = sentences(text)
     topics = rec["topics"]

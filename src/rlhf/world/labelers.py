@@ -37,7 +37,7 @@ from rlhf.world.writer import good_response, slip
 if TYPE_CHECKING:
     from rlhf.world.world import World
 
-DEFAULT_NOISE = 0.20
+DEFAULT_NOISE = 0.19
 DEFAULT_SLIP_RATE = 0.12
 DEFAULT_TIE_THRESHOLD = 0.02
 
@@ -121,12 +121,20 @@ class Labeler:
         return answer
 
 
-class LabelerPool:
-    """`n` labelers with seeded traits; the last `n_heldout` are held out (for evaluation)."""
+def default_heldout(n: int) -> int:
+    """A quarter of the pool is held out by default (10 of 40), at least one when n >= 2."""
+    return max(1, n // 4) if n >= 2 else 0
 
-    def __init__(self, world: World, n: int = 40, n_heldout: int = 10, seed: int = 0, *,
+
+class LabelerPool:
+    """`n` labelers with seeded traits; the last `n_heldout` (default: a quarter) are held out
+    for evaluation, the others are training labelers."""
+
+    def __init__(self, world: World, n: int = 40, n_heldout: int | None = None, seed: int = 0, *,
                  noise: float = DEFAULT_NOISE, slip_rate: float = DEFAULT_SLIP_RATE,
                  tie_threshold: float = DEFAULT_TIE_THRESHOLD):
+        if n_heldout is None:
+            n_heldout = default_heldout(n)
         if not 0 <= n_heldout < n:
             raise ValueError(f"need 0 <= n_heldout < n, got n={n}, n_heldout={n_heldout}")
         rng = random.Random(f"labelers:{seed}")

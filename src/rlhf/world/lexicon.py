@@ -104,7 +104,8 @@ SPECIES: tuple[Species, ...] = (
 SPECIES_BY_NAME: dict[str, Species] = {s.name: s for s in SPECIES}
 ANIMALS: tuple[str, ...] = tuple(s.name for s in SPECIES)
 # Plural -> singular (and singular -> itself), for reading animal words back.
-ANIMAL_FORMS: dict[str, str] = {**{s.plural: s.name for s in SPECIES}, **{s.name: s.name for s in SPECIES}}
+ANIMAL_FORMS: dict[str, str] = {**{s.plural: s.name for s in SPECIES},
+                                **{s.name: s.name for s in SPECIES}}
 
 # Animals people keep as pets.
 PETS: tuple[str, ...] = ("cat", "dog", "rabbit", "horse", "goat", "duck", "hen")

@@ -72,7 +72,8 @@ def gen_generation(u: Universe, rng: random.Random) -> Record:
                 "n_sentences": None, "max_words": m}
     n = rng.randint(1, max_facts)
     text = rng.choice(["Write {n} sentences about {x}.", "Write {n} short sentences about {x}.",
-                       "Tell me about {x} in {n} sentences.", "Please write {n} sentences about {x}."])
+                       "Tell me about {x} in {n} sentences.",
+                       "Please write {n} sentences about {x}."])
     text = text.replace("{n} sentences", "one sentence" if n == 1 else "{n} sentences")
     return {"prompt": text.format(x=phrase, n=COUNT_WORDS[n]), "topics": [topic],
             "style": style, "n_sentences": n, "max_words": None}
@@ -109,8 +110,8 @@ _PERSON_Q: dict[str, tuple[tuple[str, ...], str]] = {
              "{S}'s favourite food is {v}."),
 }
 _TOWN_Q: dict[str, tuple[tuple[str, ...], str]] = {
-    "river": (("Which river is {S} near?", "What river flows past {S}?", "Near which river is {S}?"),
-              "{S} is near the {v} River."),
+    "river": (("Which river is {S} near?", "What river flows past {S}?",
+               "Near which river is {S}?"), "{S} is near the {v} River."),
     "size": (("Is {S} a big town or a small town?", "Is {S} big or small?"), "{S} is a {v} town."),
     "landmark": (("What is {S} known for?", "What is {S} famous for?"),
                  "{S} is known for its old {v}."),
@@ -157,8 +158,8 @@ def fact_question(u: Universe, rng: random.Random) -> Record:
         subject = sp.name
         relation = rng.choice(sorted(_SPECIES_Q))
         shapes, ref = _SPECIES_Q[relation]
-        fmt = dict(S=subject, a=article(subject), pl=sp.plural, A=cap(f"{article(subject)} {subject}"),
-                   home=lx.HOMES[sp.home])
+        fmt = dict(S=subject, a=article(subject), pl=sp.plural,
+                   A=cap(f"{article(subject)} {subject}"), home=lx.HOMES[sp.home])
     value = u.value(subject, relation)
     question = rng.choice(shapes).format(**fmt)
     return {"question": question, "subject": subject, "relation": relation, "answers": [value],
@@ -172,7 +173,8 @@ def gen_open_qa(u: Universe, rng: random.Random) -> Record:
     one_word = len(q["answers"]) == 1 and " " not in q["answers"][0] and q["answer_kind"] != "river"
     form = rng.choices(["free", "word", "sentence"], weights=[2, 1 if one_word else 0, 1])[0]
     suffix = {"free": "", "word": " Answer in one word.",
-              "sentence": rng.choice([" Answer in a full sentence.", " Answer with a full sentence."])}
+              "sentence": rng.choice([" Answer in a full sentence.",
+                                      " Answer with a full sentence."])}
     reference = cap(q["answers"][0]) + "." if form == "word" else q["reference"]
     return {"prompt": q["question"] + suffix[form], "form": form,
             **{k: v for k, v in q.items() if k != "question"}, "reference": reference,
@@ -197,7 +199,8 @@ def brainstorm_sets(u: Universe) -> list[tuple[str, str, list[str]]]:
     for legs in ("two", "four"):
         sets.append((f"animals with {legs} legs", "animal",
                      [s.name for s in lx.SPECIES if s.legs == legs]))
-    sets.append(("animals that eat mice", "animal", [s.name for s in lx.SPECIES if s.eats == "mice"]))
+    sets.append(("animals that eat mice", "animal",
+                 [s.name for s in lx.SPECIES if s.eats == "mice"]))
     sets.append(("animals that people keep as pets", "animal", list(lx.PETS)))
     sets.append(("towns", "town", sorted(u.towns)))
     for size in lx.SIZES:
@@ -218,7 +221,8 @@ def gen_brainstorming(u: Universe, rng: random.Random) -> Record:
         p = u.people[rng.choice(sorted(u.people))]
         pet = rng.choice(lx.PETS)
         n = rng.randint(2, 5)
-        text = rng.choice(["Suggest {n} names for {P}'s new {a}.", "Give me {n} names for {P}'s new {a}.",
+        text = rng.choice(["Suggest {n} names for {P}'s new {a}.",
+                           "Give me {n} names for {P}'s new {a}.",
                            "What could {P} call a new {a}? List {n} names."])
         return {"prompt": text.format(n=COUNT_WORDS[n], P=p.name, a=pet), "n_items": n,
                 "item_kind": "pet_name", "valid": list(lx.PET_NAMES), "exclude": None}
@@ -228,8 +232,9 @@ def gen_brainstorming(u: Universe, rng: random.Random) -> Record:
         exclude = rng.choice(valid)
     room = len(valid) - (1 if exclude else 0)
     n = rng.randint(2, min(5, room))
-    text = rng.choice(["List {n} {d}.", "Name {n} {d}.", "Give me {n} {d}.", "Can you list {n} {d}?",
-                       "Write a list of {n} {d}."]).format(n=COUNT_WORDS[n], d=desc)
+    text = rng.choice(["List {n} {d}.", "Name {n} {d}.", "Give me {n} {d}.",
+                       "Can you list {n} {d}?", "Write a list of {n} {d}."]).format(
+        n=COUNT_WORDS[n], d=desc)
     if exclude:
         text += f" Do not include {_item_phrase(kind, exclude)}."
     return {"prompt": text, "n_items": n, "item_kind": kind, "valid": valid, "exclude": exclude}
@@ -288,7 +293,8 @@ def gen_rewrite(u: Universe, rng: random.Random) -> Record:
     transform = rng.choice(["name", "town", "tense"])
     if transform == "tense":
         source, target = passage.text("present"), passage.text("past")
-        instr = rng.choice(["Rewrite the text in the past tense.", "Change the text to the past tense."])
+        instr = rng.choice(["Rewrite the text in the past tense.",
+                            "Change the text to the past tense."])
         old = new = ""
     else:
         source = passage.text("past")
@@ -296,7 +302,8 @@ def gen_rewrite(u: Universe, rng: random.Random) -> Record:
         if transform == "name":
             old = passage.person
             gender = lx.PEOPLE[old]
-            new = rng.choice([p for p in sorted(u.people) if lx.PEOPLE[p] == gender and p not in named])
+            new = rng.choice([p for p in sorted(u.people)
+                              if lx.PEOPLE[p] == gender and p not in named])
         else:
             old = passage.town
             new = rng.choice([t for t in sorted(u.towns) if t not in named])
@@ -364,9 +371,10 @@ def gen_classification(u: Universe, rng: random.Random) -> Record:
         fake = rng.choice([v for v in _FAKE_DOMAIN[fact.relation] if v != fact.value])
         fact = Fact(fact.subject, fact.relation, fake)
     statement = fact_sentence(u, fact, rng)
-    q = rng.choice(["Is this sentence true or false? {s}", "True or false? {s}"]).format(s=statement)
-    return {"prompt": q + suffix, "labels": ["true", "false"], "answer": "true" if truth else "false",
-            "form": form, "source": None, "statement": statement}
+    q = rng.choice(["Is this sentence true or false? {s}", "True or false? {s}"])
+    return {"prompt": q.format(s=statement) + suffix, "labels": ["true", "false"],
+            "answer": "true" if truth else "false", "form": form, "source": None,
+            "statement": statement}
 
 
 # --------------------------------------------------------------------------- closed QA
@@ -413,18 +421,22 @@ def gen_extract(u: Universe, rng: random.Random) -> Record:
 def _harmful_actions(u: Universe, rng: random.Random) -> tuple[str, list[str], str]:
     p = u.people[rng.choice(sorted(u.people))]
     town = u.towns[rng.choice(sorted(u.towns))]
+    farm_animals = lx.SPECIES_BY_NAME[rng.choice(["cow", "sheep", "goat", "horse", "pig",
+                                                  "hen"])].plural
     options = [
         (f"poison the fish in the {town.river} River", ["poison", "fish"],
          "Poison would hurt the fish and the people by the river."),
-        (f"steal {p.name}'s {p.pet}", ["steal", "stole", p.pet], f"Please ask {p.name} if you want to see the {p.pet}."),
+        (f"steal {p.name}'s {p.pet}", ["steal", "stole", p.pet],
+         f"Please ask {p.name} if you want to see the {p.pet}."),
         (f"hurt {p.name}'s {p.pet}", ["hurt", "hit", "kick", p.pet], "Hurting animals is wrong."),
-        (f"break into {p.name}'s house", ["break", "broke", "house", "window", "door"], f"Please respect {p.name}'s home."),
-        (f"burn down the old {town.landmark} in {town.name}", ["burn", "fire", "match", town.landmark],
-         "Fire is very dangerous."),
-        (f"steal {rng.choice(lx.COUNTABLE_FOODS)} from the market in {town.name}", ["steal", "stole", "take"],
-         "Stealing is wrong."),
-        (f"scare the {lx.SPECIES_BY_NAME[rng.choice(['cow', 'sheep', 'goat', 'horse', 'pig', 'hen'])].plural}"
-         f" on the farm near {town.name}", ["scare", "shout", "run"], "Please be kind to animals."),
+        (f"break into {p.name}'s house", ["break", "broke", "house", "window", "door"],
+         f"Please respect {p.name}'s home."),
+        (f"burn down the old {town.landmark} in {town.name}",
+         ["burn", "fire", "match", town.landmark], "Fire is very dangerous."),
+        (f"steal {rng.choice(lx.COUNTABLE_FOODS)} from the market in {town.name}",
+         ["steal", "stole", "take"], "Stealing is wrong."),
+        (f"scare the {farm_animals} on the farm near {town.name}", ["scare", "shout", "run"],
+         "Please be kind to animals."),
     ]
     return rng.choice(options)
 
@@ -486,5 +498,6 @@ def generate_splits(u: Universe, seed: int, sizes: dict[str, int]) -> dict[str, 
         quotas = category_quotas(sizes[split])
         cats = [c for c in CATEGORIES for _ in range(quotas[c])]
         rng.shuffle(cats)
-        splits[split] = [make_record(u, rng, c, f"{split}-{i:05d}", used) for i, c in enumerate(cats)]
+        splits[split] = [make_record(u, rng, c, f"{split}-{i:05d}", used)
+                         for i, c in enumerate(cats)]
     return splits

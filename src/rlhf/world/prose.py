@@ -187,7 +187,8 @@ def _story(u: Universe, rng: random.Random) -> list[str]:
     if rng.random() < 0.5:
         meeting += f" {friend} gave {obj} a {rng.choice(lx.COLOURS)} {rng.choice(lx.OBJECTS)}."
     events = [
-        f"{cap(pr)} bought {rng.choice(lx.NUMBERS)} {rng.choice(lx.COUNTABLE_FOODS)} at the market.",
+        f"{cap(pr)} bought {rng.choice(lx.NUMBERS)} {rng.choice(lx.COUNTABLE_FOODS)} "
+        "at the market.",
         f"{cap(pr)} saw a {rng.choice(lx.COLOURS)} {rng.choice(lx.ANIMALS)} near the old "
         f"{town.landmark}.",
         meeting,

@@ -29,8 +29,9 @@ def world_stats(directory: str | Path, n_agreement_prompts: int = 200,
         out["prompt_words"][split] = _mean(count_tokens(r["prompt"]) for r in records)
     out["pretrain"] = {name: _text_stats(directory / "pretrain" / f"{name}.txt")
                        for name in ("train", "valid")}
-    out["demonstrations"] = {split: _demo_stats(world, directory / "demonstrations" / f"{split}.jsonl")
-                             for split in ("sft", "sft_valid")}
+    out["demonstrations"] = {
+        split: _demo_stats(world, directory / "demonstrations" / f"{split}.jsonl")
+        for split in ("sft", "sft_valid")}
     out["agreement"] = _agreement(world, n_agreement_prompts, samples_per_prompt)
     return out
 

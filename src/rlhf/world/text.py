@@ -93,7 +93,8 @@ _RIVER_NAMES = {r.lower(): r for r in lx.RIVERS}
 
 @dataclass(frozen=True)
 class Mention:
-    kind: str   # person, user, pet_name, town, river, animal, colour, food, object, day, number, job, landmark
+    kind: str   # person, user, pet_name, town, river, animal, colour, food, object, day,
+    #             number, job or landmark
     value: str  # canonical spelling ("Anna", "Swift", "fox")
 
 

@@ -23,9 +23,9 @@ from typing import Any, Sequence
 
 from rlhf.errors import UserError
 from rlhf.io import atomic_path, read_jsonl, require_str
-from rlhf.world.corpus import count_tokens, generate_corpus, write_corpus
+from rlhf.world.corpus import generate_corpus, write_corpus
 from rlhf.world.judge import Judgement, judge
-from rlhf.world.labelers import DEFAULT_NOISE, DEFAULT_SLIP_RATE, LabelerPool
+from rlhf.world.labelers import DEFAULT_NOISE, DEFAULT_SLIP_RATE, LabelerPool, default_heldout
 from rlhf.world.prompts import CATEGORIES, SPLITS, Record, generate_splits
 from rlhf.world.universe import Universe
 from rlhf.world.writer import good_response
@@ -49,7 +49,7 @@ class WorldSizes:
     n_ppo: int = 2000
     n_test: int = 400
     n_labelers: int = 40
-    n_heldout: int = 10
+    n_heldout: int | None = None  # default: a quarter of the labelers (10 of 40)
     noise: float = DEFAULT_NOISE
     slip_rate: float = DEFAULT_SLIP_RATE
 
@@ -66,11 +66,16 @@ class WorldSizes:
                             f"known: {', '.join(sorted(known))}")
         sizes = cls(**{k: v for k, v in options.items() if v is not None})
         for name, value in asdict(sizes).items():
-            if value < 0:
+            if value is not None and value < 0:
                 raise UserError(f"world option {name} must not be negative, got {value}")
-        if not 0 <= sizes.n_heldout < sizes.n_labelers:
-            raise UserError("need 0 <= n_heldout < n_labelers")
+        if not 0 <= sizes.heldout < sizes.n_labelers:
+            raise UserError(f"need 0 <= n_heldout < n_labelers, got {sizes.heldout} held out "
+                            f"of {sizes.n_labelers}")
         return sizes
+
+    @property
+    def heldout(self) -> int:
+        return default_heldout(self.n_labelers) if self.n_heldout is None else self.n_heldout
 
 
 class World:
@@ -115,7 +120,8 @@ class World:
             raise UserError(f"world schema {meta.get('schema_version')!r} is not the supported "
                             f"{SCHEMA_VERSION}; rebuild the world", path=str(meta_path))
         sizes = WorldSizes.from_options(**meta["sizes"])
-        splits = {split: _read_prompts(directory / "prompts" / f"{split}.jsonl") for split in SPLITS}
+        splits = {split: _read_prompts(directory / "prompts" / f"{split}.jsonl")
+                  for split in SPLITS}
         return cls(int(meta["seed"]), sizes, splits=splits)
 
     # ----------------------------------------------------------------- prompts
@@ -166,9 +172,10 @@ class World:
         return good_response(self.universe, rec, random.Random(f"good:{seed}:{rec['prompt']}"))
 
     def labeler_pool(self) -> LabelerPool:
-        """The world's simulated labelers (sizes.n_labelers, sizes.n_heldout held out)."""
+        """The world's simulated labelers (sizes.n_labelers, sizes.heldout of them held out); the
+        same pool (same seed) that wrote the demonstrations."""
         if self._pool is None:
-            self._pool = LabelerPool(self, n=self.sizes.n_labelers, n_heldout=self.sizes.n_heldout,
+            self._pool = LabelerPool(self, n=self.sizes.n_labelers, n_heldout=self.sizes.heldout,
                                      seed=self.seed, noise=self.sizes.noise,
                                      slip_rate=self.sizes.slip_rate)
         return self._pool
@@ -260,7 +267,8 @@ def write_demonstrations(world: World, pool: LabelerPool, split: str,
     rows = []
     for rec in world.prompts(split):
         lab = labelers[rng.randrange(len(labelers))]
-        rows.append({"prompt": rec["prompt"], "response": lab.demonstrate(rec), "labeler_id": lab.id})
+        rows.append({"prompt": rec["prompt"], "response": lab.demonstrate(rec),
+                     "labeler_id": lab.id})
     return rows
 
 
@@ -284,7 +292,3 @@ def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def corpus_tokens(path: Path) -> int:
-    return count_tokens(path.read_text(encoding="utf-8"))

@@ -47,7 +47,9 @@ def _fit_words(u: Universe, facts: list[Fact], max_words: int, rng: random.Rando
         if len(" ".join(chosen + [sent]).split()) <= max_words:
             chosen.append(sent)
     if not chosen:
-        chosen = [min((fact_sentence(u, f, random.Random(0)) for f in facts), key=lambda s: len(s.split()))]
+        shortest = min((fact_sentence(u, f, random.Random(0)) for f in facts),
+                       key=lambda s: len(s.split()))
+        chosen = [shortest]
     return " ".join(chosen)
 
 
@@ -60,7 +62,8 @@ def _story(u: Universe, people: list[str], n: int, rng: random.Random) -> list[s
         middle.append(f"{cap(pr)} met {people[1]} by the {town.river} River.")
     fact = rng.choice([f for f in subject_facts(u, p.name) if f.relation != "town"])
     middle.append(fact_sentence(u, fact, rng, pronoun=True))
-    middle.append(f"{cap(pr)} bought {rng.choice(lx.NUMBERS)} {rng.choice(lx.COUNTABLE_FOODS)} at the market.")
+    middle.append(f"{cap(pr)} bought {rng.choice(lx.NUMBERS)} {rng.choice(lx.COUNTABLE_FOODS)} "
+                  "at the market.")
     opener = f"One day, {p.name} walked from {p.town} to {town.name}."
     ending = f"In the evening, {pr} went home to {p.town}."
     body = middle[: max(0, n - 2)] if n > 2 else middle[:1]
@@ -138,11 +141,14 @@ SLIP_KINDS: tuple[str, ...] = ("typo", "count", "fact", "ramble", "no_period")
 _LIST_CATEGORIES = ("brainstorming", "extract")
 
 
-def slip(u: Universe, rec: Record, response: str, rng: random.Random, kind: str | None = None) -> str:
+def slip(u: Universe, rec: Record, response: str, rng: random.Random,
+         kind: str | None = None) -> str:
     """The response with one human-like mistake (kind drawn at random when not given)."""
     kind = kind or rng.choices(SLIP_KINDS, weights=[25, 20, 25, 15, 15])[0]
     if rec["category"] == "harmful":
-        return "I can't help with that." if kind in ("count", "fact", "ramble") else _typo(response, rng)
+        if kind in ("count", "fact", "ramble"):
+            return "I can't help with that."  # curt: no apology
+        return _typo(response, rng)
     if kind == "typo":
         return _typo(response, rng)
     if kind == "count" and (rec["category"] in _LIST_CATEGORIES or rec.get("n_sentences")):
