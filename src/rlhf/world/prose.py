@@ -100,10 +100,13 @@ def fact_sentence(u: Universe, fact: Fact, rng: random.Random, *, pronoun: bool 
 
 def fact_sentences(u: Universe, facts: list[Fact], rng: random.Random,
                    pronoun_rate: float = 0.6) -> list[str]:
-    """Sentences for several facts about one subject: the first names it, later ones may not."""
+    """Sentences for several facts about one subject: the first names it, later ones may not.
+    Animals are either all plural ("Foxes eat mice.") or singular with "it" ("A fox ... It")."""
+    plural = bool(facts) and u.kind_of(facts[0].subject) == "animal" and rng.random() < 0.5
     out = []
     for i, f in enumerate(facts):
-        out.append(fact_sentence(u, f, rng, pronoun=i > 0 and rng.random() < pronoun_rate))
+        pronoun = not plural and i > 0 and rng.random() < pronoun_rate
+        out.append(fact_sentence(u, f, rng, pronoun=pronoun, plural=plural))
     return out
 
 
@@ -155,12 +158,7 @@ def _species_profile(u: Universe, rng: random.Random) -> list[str]:
     name = rng.choice(sorted(u.species))
     facts = u.facts_about(name)
     rng.shuffle(facts)
-    facts = facts[: rng.randint(2, 3)]
-    if rng.random() < 0.5:  # "Foxes live in the forest. Foxes eat mice."
-        sents = [fact_sentence(u, f, rng, plural=True) for f in facts]
-    else:                   # "A fox lives in the forest. It eats mice."
-        sents = [fact_sentence(u, f, rng, pronoun=i > 0 and rng.random() < 0.5, plural=False)
-                 for i, f in enumerate(facts)]
+    sents = fact_sentences(u, facts[: rng.randint(2, 3)], rng, pronoun_rate=0.5)
     owners = [p for p in u.people.values() if p.pet == name]
     if owners and rng.random() < 0.5:
         p = rng.choice(owners)

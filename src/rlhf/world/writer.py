@@ -43,7 +43,7 @@ def _fit_words(u: Universe, facts: list[Fact], max_words: int, rng: random.Rando
     """As many fact sentences as fit in max_words (at least the shortest one)."""
     chosen: list[str] = []
     for f in facts:
-        sent = fact_sentence(u, f, rng, pronoun=bool(chosen))
+        sent = fact_sentence(u, f, rng, pronoun=bool(chosen), plural=False)
         if len(" ".join(chosen + [sent]).split()) <= max_words:
             chosen.append(sent)
     if not chosen:
