@@ -116,7 +116,8 @@ def test_rollout_logprobs_equal_training_logprobs(world, temperature):
     at T = 0.7 both are log_softmax(logits / 0.7) at the sampled ids (PAD excluded)."""
     p, actors, ep = _rollout(world, temperature)
     tok, model = actors.tokenizer, actors.policy
-    train_lp = P.response_logprobs(model, ep, temperature=temperature, pad_id=tok.pad_token_id)
+    train_lp = P.response_logprobs(model, ep.query, ep.query_mask, ep.response, ep.mask,
+                                   temperature=temperature, pad_id=tok.pad_token_id)
     m = ep.mask.bool()
     assert m.sum() > 20
     assert (train_lp - ep.logprobs)[m].abs().max() <= 1e-5
@@ -429,6 +430,33 @@ def test_nan_gradient_stops_and_names_the_parameter(world, tmp_path):
                                                r"\.weight"):
         P.ppo(make_cfg(world), tmp_path / "run", hooks=hooks)
     assert not (tmp_path / "run/final").exists()
+
+
+@pytest.mark.parametrize("where, checks, expect", [
+    ("value", True, r"non-finite values from the value model"),
+    ("policy", True, r"non-finite training log-probs at iteration 0, epoch 0, minibatch 0"),
+    ("step", False, r"non-finite policy loss at iteration 0, epoch 0, minibatch 1, "
+                    r"micro-batch 0"),
+])
+def test_nan_in_values_or_losses_is_located(world, tmp_path, where, checks, expect):
+    def poison(a):
+        with torch.no_grad():
+            a.policy.transformer.h[0].ln_1.weight.fill_(math.nan)
+
+    def hooks(event, state):
+        a = state["actors"]
+        if where == "value" and event == "setup":
+            with torch.no_grad():
+                a.value.rm.head.weight.fill_(math.nan)
+        if where == "policy" and event == "rollout":
+            poison(a)
+        if where == "step" and event == "setup":     # weights turn NaN after the first step
+            opt = state["trainer"].opt
+            orig = opt.step
+            opt.step = lambda *args, **kw: (orig(*args, **kw), poison(a))[0]
+
+    with pytest.raises(P.NonFiniteError, match=expect):
+        P.ppo(make_cfg(world, check_invariants=checks), tmp_path / "run", hooks=hooks)
 
 
 def test_ratio_invariant_catches_a_policy_changed_after_rollout(world, tmp_path):

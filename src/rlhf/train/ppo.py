@@ -388,16 +388,14 @@ def forward_response(model: nn.Module, query: Tensor, query_mask: Tensor, respon
     return policy_logits(logits, temperature, pad_id), values
 
 
-def response_logprobs(model: nn.Module, ep_or_query, *args, temperature: float = 1.0,
+def response_logprobs(model: nn.Module, query: Tensor, query_mask: Tensor, response: Tensor,
+                      response_mask: Tensor, temperature: float = 1.0,
                       pad_id: int | None = None) -> Tensor:
-    """log π(y_t | x, y_<t) of the response tokens under `model` (temperature-scaled)."""
-    if isinstance(ep_or_query, Episodes):
-        e = ep_or_query
-        q, qm, r, rm = e.query, e.query_mask, e.response, e.mask
-    else:
-        q, qm, r, rm = ep_or_query, *args
-    logits, _ = forward_response(model, q, qm, r, rm, temperature, pad_id)
-    return rl.logprobs_from_logits(logits, r)
+    """log π(y_t | x, y_<t) of the response tokens under `model` (temperature-scaled, PAD
+    removed): the training-side twin of the sampler's log-probs."""
+    logits, _ = forward_response(model, query, query_mask, response, response_mask, temperature,
+                                 pad_id)
+    return rl.logprobs_from_logits(logits, response)
 
 
 def value_forward(value: nn.Module, query: Tensor, query_mask: Tensor, response: Tensor,
@@ -494,6 +492,15 @@ def rollout(actors: Actors, p: PPOConfig, prompts: list[str], prompt_ids: list[l
                 _, values = forward_response(actors.policy, q, qm, r, rm, p.temperature, pad)
             else:
                 values = value_forward(actors.value, q, qm, r, rm)
+        for x, name, what in ((ro.logprobs, "policy log-probs", "the policy (sampler)"),
+                              (ref_lp, "reference log-probs", "the reference model"),
+                              (values, "values", "the value model")):
+            bad = _non_finite_rows(torch.where(rm.bool(), x, torch.zeros_like(x)))
+            if bad:
+                raise NonFiniteError(
+                    f"non-finite {name} from {what} at iteration {iteration} in {len(bad)} of "
+                    f"{len(texts)} episodes (first: prompt {texts[bad[0]]!r}); its weights or "
+                    "inputs hold a NaN/inf")
         chunks.append(Episodes(q, qm, r, rm, ro.logprobs, ref_lp, values.float(), score, raw,
                                ro.has_eos))
     return Episodes.cat(chunks, pad)
@@ -663,6 +670,11 @@ class Trainer:
         dev = torch.where(mb.mask.bool(), (new_lp - mb.logprobs).exp() - 1,
                           torch.zeros_like(new_lp)).abs()
         worst = float(dev.max())
+        if not math.isfinite(worst):
+            raise NonFiniteError(
+                f"non-finite training log-probs at {where} (the policy's forward pass on the "
+                "rollout), although the rollout's own were finite: the policy weights changed "
+                "to NaN/inf between the rollout and the update")
         self.first_ratio_dev = max(getattr(self, "first_ratio_dev", 0.0), worst)
         if not self.p.check_invariants or worst <= RATIO_TOL:
             return
