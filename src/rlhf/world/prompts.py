@@ -406,11 +406,13 @@ def gen_extract(u: Universe, rng: random.Random) -> Record:
     """List every person / town / colour / animal / number named in a short story."""
     kind = rng.choice(sorted(_EXTRACT_KINDS))
     desc, events, with_pet = _EXTRACT_KINDS[kind]
-    for _ in range(50):
+    for _ in range(50):  # the events name two items of the kind unless both draws coincide
         source = make_passage(u, rng, events=events, with_pet=with_pet).text()
         items = list(dict.fromkeys(m.value for m in mentions(source) if m.kind == kind))
         if len(items) >= 2:
             break
+    else:
+        raise RuntimeError(f"could not make an extract passage with two {desc}")
     instr = rng.choice(["List the {d} in the text.", "Find all the {d} in the text and list them.",
                         "Which {d} are in the text? Give a list."]).format(d=desc)
     return {"prompt": f"{instr}\nText: {source}", "source": source, "item_kind": kind,

@@ -89,6 +89,8 @@ class World:
 
     def __init__(self, seed: int = 0, sizes: WorldSizes | None = None, *,
                  splits: dict[str, list[Record]] | None = None, **size_options: Any):
+        if sizes is not None and size_options:
+            raise TypeError("give either sizes or size options, not both")
         self.seed = seed
         self.sizes = sizes or WorldSizes.from_options(**size_options)
         self.universe = Universe(seed)
