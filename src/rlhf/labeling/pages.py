@@ -168,14 +168,19 @@ def task_list(request: Request) -> Response:
         "labeler": labeler, "progress": store.labeler_progress(labeler.id),
         "pending": store.tasks_for(labeler.id, status="pending", limit=200),
         "done": store.tasks_for(labeler.id, status="done", limit=200),
-        "all_done": request.query_params.get("all_done") == "1"})
+        "all_done": request.query_params.get("all_done") == "1",
+        "submitted": request.query_params.get("submitted")})
 
 
 @router.get("/tasks/next")
 def next_task(request: Request) -> Response:
     labeler = require_labeler(request)
     pending = _store(request).tasks_for(labeler.id, status="pending", limit=1)
-    return redirect(f"/tasks/{pending[0].id}" if pending else "/tasks?all_done=1")
+    submitted = request.query_params.get("submitted", "")
+    note = f"submitted={submitted}" if submitted.isdigit() else ""
+    if pending:
+        return redirect(f"/tasks/{pending[0].id}" + (f"?{note}" if note else ""))
+    return redirect("/tasks?all_done=1" + (f"&{note}" if note else ""))
 
 
 def _task_page(request: Request, labeler: LabelerInfo, task: TaskView, *,

@@ -20,9 +20,11 @@ meets "database is locked" is retried. Any other SQLAlchemy URL (PostgreSQL) wor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import secrets
+import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -276,6 +278,11 @@ class Store:
         self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(self.engine.execution_options(rlhf_write=True),
                                             expire_on_commit=False)
+        # SQLite has one writer at a time. Queueing this process's writers on a lock (fair,
+        # no sleeping) instead of in SQLite's busy handler (which polls with growing sleeps)
+        # keeps tail latency low; other processes still wait through busy_timeout.
+        self._sqlite = self.engine.dialect.name == "sqlite"
+        self._write_lock = threading.Lock() if self._sqlite else contextlib.nullcontext()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -286,10 +293,11 @@ class Store:
         """Run fn in one transaction (commit on return, rollback on error). A transaction that
         meets "database is locked" (SQLite under heavy concurrency) is retried from the start."""
         maker = self._write_sessions if write else self._read_sessions
+        gate = self._write_lock if write else contextlib.nullcontext()
         delay = 0.02
         for attempt in range(1, self.MAX_ATTEMPTS + 1):
             try:
-                with maker() as session, session.begin():
+                with gate, maker() as session, session.begin():
                     return fn(session)
             except OperationalError as exc:
                 if not _is_lock_error(exc) or attempt == self.MAX_ATTEMPTS:
