@@ -225,6 +225,37 @@ def test_no_eos_penalty_replaces_the_score(world):
     assert torch.equal(ep_off.scores, ep_off.raw_scores)
 
 
+def test_advantages_on_a_real_rollout(world):
+    """Pitfall 8.8 at trainer level: with V = 0 (the reward-callable value model starts with a
+    zero head), λ = 1 and no whitening the advantages are the reward-to-go of the per-token
+    rewards; with whitening they have mean 0 and population std 1 over valid tokens."""
+    p, actors, ep = _rollout(world, max_new_tokens=8, n=16, reward_model=None,
+                             reward_fn=f"{__name__}:cat_fraction", gae_lambda=1.0,
+                             whiten_advantages=False)
+    m = ep.mask.bool()
+    assert float(ep.values.abs().max()) == 0.0
+    with torch.no_grad():   # move the policy off the reference so the KL term is not zero
+        actors.policy.transformer.wte.weight.mul_(1.1)
+        lp = P.response_logprobs(actors.policy, ep.query, ep.query_mask, ep.response, ep.mask,
+                                 pad_id=actors.tokenizer.pad_token_id)
+        ep.logprobs = torch.where(m, lp, torch.zeros_like(lp))   # PAD after EOS: log π = −inf
+    P.compute_advantages(ep, p, 0.1)
+    r = ep.rewards
+    assert float(r[m].abs().sum()) > 0
+    togo = torch.flip(torch.cumsum(torch.flip(r * m, [1]), 1), [1]) * m
+    assert torch.allclose(ep.advantages, togo, atol=1e-6)
+    assert torch.allclose(ep.returns, togo, atol=1e-6)
+    kl = torch.where(m, ep.logprobs - ep.ref_logprobs, torch.zeros_like(r))
+    assert torch.allclose(r.sum(1), ep.scores - 0.1 * kl.sum(1), atol=1e-6)   # Σ r_t (8.7)
+    rows, last = torch.arange(len(ep)), rl.last_valid_index(m)
+    assert torch.allclose(r[rows, last], ep.scores - 0.1 * kl[rows, last], atol=1e-7)
+    p2 = p.model_copy(update={"whiten_advantages": True})
+    P.compute_advantages(ep, p2, 0.1)
+    a = ep.advantages[m].double()
+    assert abs(float(a.mean())) < 1e-6 and abs(float(a.var(unbiased=False)) - 1) < 1e-5
+    assert float(ep.advantages[~m].abs().sum()) == 0.0
+
+
 # ------------------------------------------------------------------------- value and reference
 
 def test_value_at_last_token_equals_rm_score_at_step_0(world):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -40,6 +41,8 @@ def ppo(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
     from rlhf.train.ppo import ppo as run
     cfg, out_dir = _cfg(config, set_, out)
     summary = run(cfg, out_dir, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:      # under torchrun, one process reports
+        return
     typer.echo(f"run folder: {out_dir}")
     for k in ("model", "model_ema", "value_model", "iterations", "episodes", "first_score",
               "final_score", "final_kl"):
