@@ -157,8 +157,8 @@ def test_ranking_import_route(client, world):
     assert len(rows) == 2 and '"labeler_id": "vendor-7"' in rows[0]
     bad = client.post("/api/projects/r1/rankings",
                       json={"records": [{"prompt": "p", "responses": ["a", "b"],
-                                         "ranking": [[0, 1]]}]}, headers=A)
-    assert bad.status_code == 422 and "tied" in bad.json()["error"]
+                                         "ranking": [[0]]}]}, headers=A)
+    assert bad.status_code == 422 and "missing [1]" in bad.json()["error"]
     fmt = client.post("/api/projects/r1/rankings", json={"records": [], "format": "csv"},
                       headers=A)
     assert fmt.status_code == 422
@@ -256,7 +256,7 @@ def test_submission_is_idempotent(client, world):
 @pytest.mark.parametrize("kind, body, status, message", [
     ("ranking", {"ranks": [1, 2, 3]}, 422, "one rank per response"),
     ("ranking", {"ranking": [[0], [1], [2], [3], [4]]}, 422, "out of range"),
-    ("ranking", {"ranking": [[0, 1, 2, 3]]}, 422, "tied"),
+    ("ranking", {"ranking": [[0, 1], [1, 2, 3]]}, 422, "more than once"),
     ("ranking", {"response": "text"}, 422, "does not take"),
     ("rating", {"likert": 8}, 422, "1 to 7"),
     ("rating", {"likert": 3, "flags": ["hallucination"]}, 422, "object"),

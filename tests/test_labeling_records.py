@@ -17,11 +17,11 @@ from rlhf.labeling.stats import agreement_report, preferences, ranking_agreement
 def test_ranking_tie_groups_are_checked_and_sorted():
     assert R.normalize_ranking([[2], [3, 0], [1]], 4) == [[2], [0, 3], [1]]
     assert R.normalize_ranking([2, 0, 3, 1], 4) == [[2], [0], [3], [1]]  # bare ints: strict order
+    assert R.normalize_ranking([[3, 1, 0, 2]], 4) == [[0, 1, 2, 3]]  # all tied: valid, no pairs
 
 
 @pytest.mark.parametrize("groups, message", [
     ([], "non-empty list"),
-    ([[0, 1, 2, 3]], "all responses are tied"),
     ([[0], [1], [2]], "missing [3]"),
     ([[0], [0], [1], [2, 3]], "more than once"),
     ([[0], [1], [2], [4]], "out of range"),

@@ -118,8 +118,9 @@ def normalize_ranking(groups: Any, k: int) -> list[list[int]]:
     """Check a ranking of k responses given as tie groups, best first, e.g. [[2], [0, 3], [1]].
 
     A bare index stands for a group of one, so [2, 0, 3, 1] is a strict order. Every index
-    0..k-1 must appear exactly once, and at least two groups must exist (a ranking where every
-    response is tied states no preference). Returns groups with indices sorted inside each group.
+    0..k-1 must appear exactly once. A single group (all tied) is a valid answer ("these are
+    equally good"); it yields no comparison, and reward-model training drops it. Returns the
+    groups with indices sorted inside each group.
     """
     if not isinstance(groups, list) or not groups:
         raise Invalid("must be a non-empty list of tie groups, best first, e.g. [[2], [0, 3], [1]]",
@@ -141,9 +142,6 @@ def normalize_ranking(groups: Any, k: int) -> list[list[int]]:
     missing = sorted(set(range(k)) - seen)
     if missing:
         raise Invalid(f"every response 0..{k - 1} must be ranked; missing {missing}", field="ranking")
-    if len(out) < 2:
-        raise Invalid("all responses are tied, which states no preference; rank at least one "
-                      "response above another", field="ranking")
     return out
 
 

@@ -103,7 +103,7 @@ class Task(Base):
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))
     kind: Mapped[str] = mapped_column(String(16))
     candidate_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
-    candidates_key: Mapped[str] = mapped_column(String(100), default="")
+    candidates_key: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
