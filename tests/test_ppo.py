@@ -21,7 +21,6 @@ from helpers import WORDS, tiny_lm
 from rlhf import rl
 from rlhf.config import Config
 from rlhf.errors import UserError
-from rlhf.generation import generate
 from rlhf.models import load_model, load_tokenizer, position_ids_from_mask
 from rlhf.runs import read_metrics
 from rlhf.train import ppo as P

@@ -84,7 +84,8 @@ def test_cli_trains_with_config_and_out(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"Say {w}" for w in WORDS))
     judge = tmp_path / "judge.py"
-    judge.write_text("def score(prompts, responses):\n    return [len(r) / 10 for r in responses]\n")
+    judge.write_text("def score(prompts, responses):\n"
+                     "    return [len(r) / 10 for r in responses]\n")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"ppo": {
         "policy": str(lm), "reward_fn": f"{judge}:score", "prompts_file": str(prompts),

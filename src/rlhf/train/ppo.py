@@ -40,7 +40,7 @@ import random
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -53,7 +53,7 @@ from rlhf.config import Config, PPOConfig, dump_config
 from rlhf.data.format import decode_response, encode_prompt
 from rlhf.errors import UserError
 from rlhf.generation import generate, policy_logits
-from rlhf.io import atomic_path, read_jsonl, require_str, write_json_atomic, write_text_atomic
+from rlhf.io import atomic_path, read_jsonl, require_str, write_text_atomic
 from rlhf.models import (context_length, disable_dropout, load_model, load_tokenizer,
                          position_ids_from_mask)
 from rlhf.runs import Run
@@ -1052,7 +1052,8 @@ def _iteration_metrics(ep: Episodes, extra: dict, stats: dict, timer: Timer, wal
         local = torch.stack([
             ep.scores.double().sum(), (ep.scores.double() ** 2).sum(), ep.raw_scores.double().sum(),
             extra["kl_seq"].double().sum(), extra["non_score"].double().sum(),
-            lengths.sum(), ep.has_eos.double().sum(), torch.tensor(float(len(ep)), dtype=torch.float64),
+            lengths.sum(), ep.has_eos.double().sum(),
+            torch.tensor(float(len(ep)), dtype=torch.float64, device=lengths.device),
             rl.masked_sum(ep.values.double(), m), m.sum().double(),
             rl.explained_variance(ep.values.double(), ep.returns.double(), m).nan_to_num(0.0),
             rl.masked_sum(ep.advantages.double(), m),
