@@ -305,3 +305,35 @@ def test_error_pages_are_html_for_browsers(setup):
     r = browser(app).get("/no/such/page")
     assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
     assert "no page or API route" in r.text
+
+
+def test_junk_forms_never_cause_a_500(setup):
+    """Every page route, posted junk with a valid session and CSRF token, answers below 500."""
+    app, store, tokens, alice = setup
+    admin, admin_csrf = login(app, ADMIN)
+    labeler, labeler_csrf = login(app, tokens["alice"])
+    tid = task_id(store, alice.id, "rating")
+    forms = [{}, {"name": ""}, {"name": "x" * 500}, {"kind": "x", "overlap": "-1"},
+             {"overlap": "1e9", "kind": "ranking", "seed": "abc"}, {"records": "[1, 2"},
+             {"records": "[]"}, {"records": "null"}, {"records": '{"prompt": 5}'},
+             {"checkpoint": "/etc", "k": "x"}, {"k": "99", "checkpoint": "/"},
+             {"temperature": "nan", "checkpoint": "/"}, {"format": "nope", "records": "{}"},
+             {"likert": "-3"}, {"likert": "٣"}, {"rank_0": "1"}, {"response": "\x00"},
+             {"flags": "follows_instruction", "likert": "7.5"}, {"token": "x" * 5000}]
+    admin_paths = ["/admin/projects", "/admin/projects/r1/prompts", "/admin/projects/r1/rankings",
+                   "/admin/projects/r1/generate", "/admin/projects/r1/assign", "/admin/labelers",
+                   "/admin/labelers/bob/token", "/admin/projects/missing/assign"]
+    for form in forms:
+        for path in admin_paths:
+            r = admin.post(path, data={**form, "csrf_token": admin_csrf})
+            assert r.status_code < 500, (path, form, r.text[:300])
+        for path in (f"/tasks/{tid}", "/tasks/999", "/login"):
+            r = labeler.post(path, data={**form, "csrf_token": labeler_csrf})
+            assert r.status_code < 500, (path, form, r.text[:300])
+    assert admin.get("/admin").status_code == 200 and labeler.get("/tasks").status_code == 200
+    broken = admin.post("/admin/projects/r1/prompts", content=b"--xyz\r\ngarbage",
+                        headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert 400 <= broken.status_code < 500
+    binary = admin.post("/admin/projects/r1/prompts", data={"csrf_token": admin_csrf},
+                        files={"file": ("p.jsonl", b"\xff\xfe\x00bad", "application/json")})
+    assert binary.status_code == 422 and "not UTF-8" in binary.text
