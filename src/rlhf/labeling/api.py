@@ -179,8 +179,8 @@ def export_response(store: Store, project: str, kind: str, *, download: bool = F
 
     rows = store.export_records(project, EXPORT_KINDS[kind])
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    headers = {"Content-Disposition": f'attachment; filename="{project}-{EXPORT_KINDS[kind]}s.jsonl"'} \
-        if download else None
+    filename = f"{project}-{EXPORT_KINDS[kind]}s.jsonl"
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'} if download else None
     return Response(body, media_type="application/x-ndjson", headers=headers)
 
 

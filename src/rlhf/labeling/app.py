@@ -181,7 +181,8 @@ def create_app(db_url: str, admin_token: str | None = None, *, store: Store | No
 
     def error_response(request: Request, status: int, message: str,
                        headers: dict[str, str] | None = None) -> Response:
-        if request.url.path.startswith("/api") or "text/html" not in request.headers.get("accept", ""):
+        wants_html = "text/html" in request.headers.get("accept", "")
+        if request.url.path.startswith("/api") or not wants_html:
             return JSONResponse({"error": message, "status": status}, status_code=status,
                                 headers=headers)
         return templates.TemplateResponse(request, "error.html",

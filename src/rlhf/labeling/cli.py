@@ -154,7 +154,8 @@ def assign(db: str = DbOpt, project: str = ProjectOpt,
 
 @app.command()
 def export(db: str = DbOpt, project: str = ProjectOpt,
-           out: Path = typer.Option(..., "--out", "-o", help="Folder for the JSONL files.")) -> None:
+           out: Path = typer.Option(..., "--out", "-o", help="Folder for the JSONL files.")
+           ) -> None:
     """Write demonstrations.jsonl, rankings.jsonl and ratings.jsonl (docs/CONTRACTS.md)."""
     written = _store(db).export_to_dir(project, out)
     for path, n in written.values():

@@ -58,7 +58,8 @@ FLAGS: tuple[Flag, ...] = (
          "Something a company's customer-facing assistant could say."),
     Flag("sexual_content", "Contains sexual content", ""),
     Flag("violent_content", "Contains violent content", ""),
-    Flag("encourages_violence", "Encourages or fails to discourage violence, abuse, terrorism or self-harm", ""),
+    Flag("encourages_violence",
+         "Encourages or fails to discourage violence, abuse, terrorism or self-harm", ""),
     Flag("denigrates_protected_class", "Denigrates a protected class", ""),
     Flag("harmful_advice", "Gives harmful advice", ""),
     Flag("expresses_opinion", "Expresses an opinion", ""),
@@ -134,14 +135,16 @@ def normalize_ranking(groups: Any, k: int) -> list[list[int]]:
                           field="ranking")
         for i in members:
             if not _is_int(i) or not 0 <= i < k:
-                raise Invalid(f"response index {i!r:.20} is out of range 0..{k - 1}", field="ranking")
+                raise Invalid(f"response index {i!r:.20} is out of range 0..{k - 1}",
+                              field="ranking")
             if i in seen:
                 raise Invalid(f"response {i} appears more than once", field="ranking")
             seen.add(i)
         out.append(sorted(members))
     missing = sorted(set(range(k)) - seen)
     if missing:
-        raise Invalid(f"every response 0..{k - 1} must be ranked; missing {missing}", field="ranking")
+        raise Invalid(f"every response 0..{k - 1} must be ranked; missing {missing}",
+                      field="ranking")
     return out
 
 
@@ -174,8 +177,8 @@ def normalize_rating(likert: Any, flags: Any) -> dict[str, Any]:
     with extra labels is not refused; a typo in a known name is still visible in the export.
     """
     if not _is_int(likert) or not LIKERT_MIN <= likert <= LIKERT_MAX:
-        raise Invalid(f"must be a whole number from {LIKERT_MIN} to {LIKERT_MAX}; got {likert!r:.20}",
-                      field="likert")
+        raise Invalid(f"must be a whole number from {LIKERT_MIN} to {LIKERT_MAX}; "
+                      f"got {likert!r:.20}", field="likert")
     if flags is None:
         flags = {}
     if not isinstance(flags, Mapping):
@@ -331,11 +334,11 @@ def _parse_contract(obj: Mapping[str, Any]) -> RankingRecord:
         if "ranking" not in obj:
             raise Invalid("missing field", field="ranking")
         ranking = normalize_ranking(obj["ranking"], len(responses))
-    key = obj.get("id")
+    key, category = obj.get("id"), obj.get("category")
     return RankingRecord(prompt=prompt, responses=responses, ranking=ranking,
                          labeler=_labeler_of(obj.get("labeler_id")),
                          key=str(key) if isinstance(key, (str, int)) and key != "" else None,
-                         category=obj.get("category") if isinstance(obj.get("category"), str) else "")
+                         category=category if isinstance(category, str) else "")
 
 
 _PROMPT_FIELDS = ("prompt", "instruction", "question", "input", "text")
@@ -343,8 +346,9 @@ _PROMPT_FIELDS = ("prompt", "instruction", "question", "input", "text")
 
 def _argilla_order(value: Any) -> list[tuple[str, int]] | None:
     """(field name, rank) pairs from the shapes Argilla uses for a ranking answer, or None."""
+    # v1 HF export: {"value": [...], "rank": [...]}
     if isinstance(value, Mapping) and isinstance(value.get("value"), list) \
-            and isinstance(value.get("rank"), list):  # v1 HF export: {"value": [...], "rank": [...]}
+            and isinstance(value.get("rank"), list):
         if len(value["value"]) != len(value["rank"]):
             raise Invalid("ranking 'value' and 'rank' lists differ in length", field="ranking")
         return [(str(v), r) for v, r in zip(value["value"], value["rank"])]
@@ -389,12 +393,13 @@ def _parse_argilla(obj: Mapping[str, Any]) -> list[RankingRecord]:
     fields = obj.get("fields") if isinstance(obj.get("fields"), Mapping) else obj
     prompt_field = next((f for f in _PROMPT_FIELDS if isinstance(fields.get(f), str)), None)
     if prompt_field is None:
-        raise Invalid(f"an Argilla record needs a text field named one of {', '.join(_PROMPT_FIELDS)}",
-                      field="fields")
+        raise Invalid("an Argilla record needs a text field named one of "
+                      f"{', '.join(_PROMPT_FIELDS)}", field="fields")
     prompt = check_text(fields[prompt_field], prompt_field, MAX_PROMPT_CHARS)
     answers = _argilla_answers(obj)
     if not answers:
         raise Invalid("no submitted ranking answer found in this Argilla record", field="responses")
+    key = str(obj["id"]) if isinstance(obj.get("id"), (str, int)) else None
     out = []
     for user, value in answers:
         order = _argilla_order(value) or []
@@ -410,8 +415,7 @@ def _parse_argilla(obj: Mapping[str, Any]) -> list[RankingRecord]:
                   for rank in sorted({r for _, r in order})]
         out.append(RankingRecord(prompt=prompt, responses=responses,
                                  ranking=normalize_ranking(groups, len(responses)),
-                                 labeler=_labeler_of(user, "argilla"),
-                                 key=str(obj["id"]) if isinstance(obj.get("id"), (str, int)) else None))
+                                 labeler=_labeler_of(user, "argilla"), key=key))
     return out
 
 
@@ -447,7 +451,8 @@ def _parse_label_studio(obj: Mapping[str, Any]) -> list[RankingRecord]:
             ranker = (result.get("value") or {}).get("ranker")
             if not isinstance(ranker, Mapping) or not ranker:
                 raise Invalid("a ranker result needs value.ranker", field="annotations")
-            columns = [(name, ids) for name, ids in ranker.items() if name != "_" or len(ranker) == 1]
+            columns = [(name, ids) for name, ids in ranker.items()
+                       if name != "_" or len(ranker) == 1]
             if len(columns) == 1:  # one ordered list: a strict order
                 groups_ids = [[i] for i in columns[0][1]]
             else:  # buckets in their order are tie groups, best first
@@ -457,7 +462,8 @@ def _parse_label_studio(obj: Mapping[str, Any]) -> list[RankingRecord]:
             index = {item_id: n for n, item_id in enumerate(by_id)}  # the items' own order
             unknown = [i for g in groups_ids for i in g if str(i) not in index]
             if unknown:
-                raise Invalid(f"ranked ids {unknown} are not in the task's items", field="annotations")
+                raise Invalid(f"ranked ids {unknown} are not in the task's items",
+                              field="annotations")
             groups = [[index[str(i)] for i in g] for g in groups_ids]
             out.append(RankingRecord(
                 prompt=prompt, responses=responses, ranking=normalize_ranking(groups, len(index)),

@@ -339,10 +339,12 @@ class Store:
     def _project_info(self, s: Session, project: Project) -> ProjectInfo:
         pid = project.id
         n_prompts = s.scalar(select(func.count(Prompt.id)).where(Prompt.project_id == pid)) or 0
-        n_cands = s.scalar(select(func.count(Candidate.id)).join(Prompt, Candidate.prompt_id == Prompt.id)
+        n_cands = s.scalar(select(func.count(Candidate.id))
+                           .join(Prompt, Candidate.prompt_id == Prompt.id)
                            .where(Prompt.project_id == pid)) or 0
         n_tasks = s.scalar(select(func.count(Task.id)).where(Task.project_id == pid)) or 0
-        n_subs = s.scalar(select(func.count(Submission.id)).join(Task, Submission.task_id == Task.id)
+        n_subs = s.scalar(select(func.count(Submission.id))
+                          .join(Task, Submission.task_id == Task.id)
                           .where(Task.project_id == pid)) or 0
         return ProjectInfo(pid, project.name, project.description, n_prompts, n_cands, n_tasks,
                            n_subs)
@@ -586,7 +588,8 @@ class Store:
         existing = {(p, key) for p, key in s.execute(
             select(Task.prompt_id, Task.candidates_key)
             .where(Task.project_id == proj.id, Task.kind == kind))}
-        batches = self._latest_batches(s, [p.id for p in prompts]) if kind != "demonstration" else {}
+        batches = ({} if kind == "demonstration"
+                   else self._latest_batches(s, [p.id for p in prompts]))
         for prompt in prompts:
             if kind == "demonstration":
                 wanted = [[]]
