@@ -21,8 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Protocol, Union
 
-import httpx
-
 
 class LabelerLike(Protocol):
     def rank(self, prompt: str, responses: list[str]) -> list[list[int]]: ...
@@ -64,6 +62,8 @@ Client = Union[str, HttpClient]
 def _open(client: Client) -> tuple[HttpClient, bool]:
     """A client for a base URL (closed by the caller), or the given client object as it is."""
     if isinstance(client, str):
+        import httpx  # only needed to reach a server by URL
+
         return httpx.Client(base_url=client, timeout=60.0), True
     return client, False
 
