@@ -202,7 +202,9 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
 
     metrics: dict = {}
     bar = tqdm(total=total, initial=step, desc="rm", disable=not dist.is_main(), leave=False)
-    t0, tokens, forwards = time.time(), 0, 0
+    # tokens/s is steady-state: counted from the end of the first step of this process (the
+    # first step warms up allocators and opens the TensorBoard writer)
+    t0, tokens, forwards, first = time.perf_counter(), 0, 0, step
     while step < total:
         epoch, in_epoch = divmod(step, plan.steps_per_epoch)
         micro = [collate_rankings([train[i] for i in mb], pad_id)
@@ -238,7 +240,8 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
         metrics = {"train/loss": loss, "train/accuracy": float(stats[1] / stats[2].clamp(min=1)),
                    "train/comparisons": int(stats[2]), "train/lr": scheduler.get_last_lr()[0],
                    "train/epoch": step / plan.steps_per_epoch,
-                   "train/tokens_per_s": tokens * dist.world_size() / max(time.time() - t0, 1e-9)}
+                   "train/tokens_per_s": tokens * dist.world_size() /
+                   max(time.perf_counter() - t0, 1e-9)}
         if grad_norm is not None:
             metrics["train/grad_norm"] = grad_norm
         if step % max(1, r.log_every) == 0 or step == total:
@@ -250,6 +253,8 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
                     prefix="valid/")
         if r.save_every and step % r.save_every == 0 and step < total:
             checkpoint(f"step-{step:06d}")
+        if step == first + 1:
+            t0, tokens = time.perf_counter(), 0
         if halt_after is not None and step >= halt_after and step < total:
             bar.close()
             checkpoint(f"step-{step:06d}")
