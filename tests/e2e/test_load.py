@@ -101,3 +101,36 @@ def run_load(tmp_path, n_labelers: int, per_labeler: int, capsys) -> None:
 def test_load_20_labelers_x_100(tmp_path, capsys):
     """About 15 s on two CPU cores, so it runs by default (no slow marker)."""
     run_load(tmp_path, n_labelers=20, per_labeler=100, capsys=capsys)
+
+
+def test_simulated_labelers_by_url(tmp_path):
+    """fill_queues and register_labelers given a base URL talk to a real server over HTTP."""
+    from rlhf.labeling.simulate import fill_queues, register_labelers
+
+    class Shortest:
+        def __init__(self, id: str):
+            self.id = id
+
+        def rank(self, prompt, responses):
+            return [[i] for i in sorted(range(len(responses)), key=lambda i: len(responses[i]))]
+
+        def demonstrate(self, prompt):
+            return "A short answer."
+
+        def rate(self, prompt, response):
+            return {"likert": 4, "flags": {}}
+
+    with live_server(f"sqlite:///{tmp_path / 'sim.db'}", ADMIN, tmp_path / "server.log") as url:
+        h = {"Authorization": f"Bearer {ADMIN}"}
+        httpx.post(f"{url}/api/projects", json={"name": "load"}, headers=h).raise_for_status()
+        prompts = [{"prompt": f"Question {i}?", "responses": ["a", "bbb", "cc"]} for i in range(3)]
+        httpx.post(f"{url}/api/projects/load/prompts", json={"prompts": prompts},
+                   headers=h).raise_for_status()
+        tokens = register_labelers(url, ADMIN, [Shortest("s1"), Shortest("s2")])
+        for kind in ("ranking", "demonstration"):
+            httpx.post(f"{url}/api/projects/load/tasks", json={"kind": kind, "overlap": 2},
+                       headers=h).raise_for_status()
+        report = fill_queues(url, "load", tokens)
+        assert report.submitted == {"s1": 6, "s2": 6}
+        dash = httpx.get(f"{url}/api/projects/load/dashboard", headers=h).json()
+        assert dash["agreement"]["ranking"]["agreement"] == 1.0
