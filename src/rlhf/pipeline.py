@@ -119,7 +119,7 @@ def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
     from rlhf.train.ppo import ppo
     from rlhf.train.reward import select_sft_checkpoint, train_rm
     from rlhf.train.sft import sft
-    from rlhf.world import LabelerPool, World, build_world
+    from rlhf.world import World, build_world
 
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -128,10 +128,11 @@ def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
     p = cfg.pipeline
     t_start = time.time()
 
-    w = st.run("world", lambda d: build_world(d / "data", seed=cfg.seed, **p.world))
+    w = st.run("world", lambda d: build_world(d / "data", seed=cfg.seed,
+                                              n_labelers=p.n_labelers, **p.world))
     wdir = root / "world" / "data"
     world = World.load(wdir)
-    pool = LabelerPool(world, n=p.n_labelers, seed=cfg.seed)
+    pool = world.labeler_pool()  # the same labelers that wrote the demonstrations
     train_labelers, heldout = pool.train_labelers, pool.heldout_labelers
     pre_files = [str(wdir / "pretrain/train.txt")]
     valid_text = [str(wdir / "pretrain/valid.txt")]

@@ -25,6 +25,8 @@ def _points(points: Sequence) -> list[dict]:
             d = p.get("sqrt_kl")
             if d is None and p.get("kl") is not None:
                 d = math.sqrt(max(float(p["kl"]), 0.0))
+            if d is None or not math.isfinite(float(d)):
+                continue  # no usable KL estimate for this point
             out.append({**p, "sqrt_kl": float(d), "proxy": p.get("proxy"), "gold": p.get("gold")})
         else:
             d, proxy, gold = (list(p) + [None, None])[:3]
@@ -181,7 +183,8 @@ def sequence_kl(policy, reference, tokenizer, prompt_ids: list[list[int]], *,
                            position_ids=position_ids_from_mask(mask)).logits[:, -(tr + 1):-1]
         lp_ref = torch.log_softmax(policy_logits(logits, temperature, tokenizer.pad_token_id),
                                    -1).gather(-1, ro.response[..., None]).squeeze(-1)
-        kl = ((ro.logprobs - lp_ref) * ro.response_mask).sum(1)
+        # PAD after EOS has log π_ref = -inf (PAD is never sampled): select, don't multiply
+        kl = (ro.logprobs - lp_ref).masked_fill(ro.response_mask == 0, 0.0).sum(1)
     return ro, kl
 
 
