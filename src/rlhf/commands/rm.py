@@ -20,8 +20,11 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c",
           out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder."),
           resume: bool = typer.Option(False, "--resume",
                                       help="Continue from the newest checkpoint in --out.")):
-    """Train a reward model on rankings (K = 2..max_k per prompt, ties dropped, 1 epoch),
-    normalise it on demonstrations and report held-out accuracy; the model goes to OUT/final."""
+    """Train a reward model on K-way rankings; normalise on demonstrations; model in OUT/final.
+
+    All comparisons of a prompt form one batch element (K forward passes), ties are dropped,
+    1 epoch by default; held-out accuracy and log loss are split by training/held-out labelers.
+    """
     from rlhf.config import load_config
     from rlhf.train.reward import train_rm
 
@@ -85,8 +88,11 @@ def sft_select_command(
         temperature: float = typer.Option(1.0, "--temperature"),
         template: str = typer.Option("User: {prompt}\nAssistant:", "--template"),
         seed: int = typer.Option(0, "--seed")):
-    """Pick the SFT epoch whose samples on validation prompts get the highest mean RM score
-    (paper §3.5: select by RM score, not validation loss)."""
+    """Pick the SFT epoch whose samples get the highest mean RM score (paper §3.5).
+
+    One sample per validation prompt per checkpoint, scored by the reward model; the selection
+    is written as JSON.
+    """
     from rlhf.train.reward import select_sft_checkpoint
 
     sel = select_sft_checkpoint(checkpoints, prompts, reward_model, out, n_prompts=n_prompts,
