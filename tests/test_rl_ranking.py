@@ -25,7 +25,8 @@ def test_ranking_pairs_strict_and_ties():
 
 def test_zero_scores_give_log2_everywhere():
     """Pitfall 8.3: zeroed head -> every pairwise loss is log 2, and so is the grouped loss."""
-    assert float(pairwise_loss(torch.tensor(0.0), torch.tensor(0.0))) == pytest.approx(LOG2, abs=1e-7)
+    zero = torch.tensor(0.0)
+    assert float(pairwise_loss(zero, zero)) == pytest.approx(LOG2, abs=1e-7)
     for k in range(2, 10):
         loss = grouped_ranking_loss(torch.zeros(k), [[i] for i in range(k)])
         assert float(loss) == pytest.approx(LOG2, abs=1e-7)
@@ -100,7 +101,8 @@ def test_batched_loss_is_mean_over_prompts_each_weighted_equally():
         per.append(float(grouped_ranking_loss(s, r)))
     pref = preference_matrix(rankings, 9)
     assert float(batched_ranking_loss(S, pref)) == pytest.approx(sum(per) / 3, abs=1e-6)
-    assert float(batched_ranking_loss(S, pref, reduction="sum")) == pytest.approx(sum(per), abs=1e-5)
+    total = float(batched_ranking_loss(S, pref, reduction="sum"))
+    assert total == pytest.approx(sum(per), abs=1e-5)
     none = batched_ranking_loss(S, pref, reduction="none")
     assert none.tolist() == pytest.approx(per, abs=1e-6)
 

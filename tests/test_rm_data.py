@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rlhf.data.adapters import load_hh_rlhf, load_tldr, tldr_query
-from rlhf.data.rankings import (collate_rankings, encode_pair, encode_rankings, load_prompt_responses,
-                                load_rankings, scores_to_matrix)
+from rlhf.data.rankings import (collate_rankings, encode_pair, encode_rankings,
+                                load_prompt_responses, load_rankings, scores_to_matrix)
 from rlhf.errors import UserError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

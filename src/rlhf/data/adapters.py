@@ -98,7 +98,7 @@ def parse_tldr_record(obj: dict, path: str, line: int, max_k: int = 9):
 
 
 def load_hh_rlhf(path: str | Path, skip_invalid: bool = True):
-    """HH-RLHF pairs; the public files hold a few empty replies, skipped (and counted) by default."""
+    """HH-RLHF pairs; the public files hold a few empty replies: skipped and counted by default."""
     from rlhf.data.rankings import load_rankings
     return load_rankings(path, 2, "hh_rlhf", skip_invalid=skip_invalid)
 

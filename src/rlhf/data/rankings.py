@@ -2,7 +2,8 @@
 
 A ranking record (JSONL, one per line):
 
-    {"prompt": str, "responses": [str × K], "ranking": [[i, ...], [j, ...], ...], "labeler_id"?: str}
+    {"prompt": str, "responses": [str × K], "ranking": [[i, ...], [j, ...], ...],
+     "labeler_id"?: str}
 
 `ranking` lists tie groups best to worst; every index 0..K-1 appears exactly once (a plain int
 is read as a group of one, so [2, 0, 1] is a strict order). A pairwise record
@@ -175,7 +176,7 @@ def load_rankings(path: str | Path, max_k: int = 9, data_format: str = "auto",
     return out
 
 
-# ----------------------------------------------------------------------------- prompt/response pairs
+# ----------------------------------------------------------------------------- (prompt, response)
 
 def load_prompt_responses(path: str | Path) -> list[tuple[str, str]]:
     """(prompt, response) pairs from JSONL {"prompt", "response"} or chat {"messages"} records

@@ -13,8 +13,8 @@ problem_type="regression"), so `AutoModelForSequenceClassification.from_pretrain
 it. HF's `score` layer has no bias, so the constant c = b_head + reward_bias is folded in:
 
 - GPT-2-like backbones (a final LayerNorm with a bias that feeds only the head): add
-  δ = c·w/‖w‖² to that LayerNorm's bias. Then w·(h + δ) = w·h + c, so plain transformers gives
-  exactly our scores (right padding, or left padding with position_ids passed).
+  δ = c·w/‖w‖² to that LayerNorm's bias. Then w·(h + δ) = w·h + c, so plain transformers
+  gives exactly our scores (right padding, or left padding with position_ids passed).
 - Others (e.g. Llama's RMSNorm has no bias): plain transformers scores are offset by −c.
   `config.rlhf_reward["reward_bias"]` / `["head_bias"]` hold c; `RewardModel.from_pretrained`
   applies them.

@@ -88,7 +88,8 @@ def pair_stats(scores: Tensor, pref: Tensor) -> dict[str, Tensor]:
     """Sums over all comparisons (flat, for metrics and all-reduce across ranks).
 
     correct: 1 when s_w > s_l, 0.5 when s_w == s_l (a tied score is a coin flip), 0 otherwise;
-    log_loss: −log σ(s_w − s_l); n_pairs: number of comparisons; n_elements: elements with ≥ 1.
+    log_loss: −log σ(s_w − s_l); n_pairs: number of comparisons; n_elements: elements with ≥ 1
+    comparison.
     """
     with torch.no_grad():
         s = scores.float()

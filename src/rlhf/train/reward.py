@@ -222,8 +222,9 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
                 loss_sum = batched_ranking_loss(S, batch["pref"], reduction="sum")
                 (loss_sum * dist.world_size() / n_global).backward()
             st = pair_stats(S.detach(), batch["pref"])
-            stats += torch.tensor([float(loss_sum.detach()), float(st["correct"]), float(st["n_pairs"]),
-                                   float(st["n_elements"])], dtype=torch.float64)
+            stats += torch.tensor([float(loss_sum.detach()), float(st["correct"]),
+                                   float(st["n_pairs"]), float(st["n_elements"])],
+                                  dtype=torch.float64)
             tokens += int(batch["attention_mask"].sum())
             forwards += batch["input_ids"].shape[0]
         grad_norm = None
