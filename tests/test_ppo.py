@@ -530,3 +530,21 @@ def test_reward_rises_with_a_programmatic_judge(world, tmp_path):
     kls = [r["objective/kl"] for r in rows]
     assert all(math.isfinite(k) for k in kls) and max(kls) < 25
     assert s["final_score"] is not None
+
+
+def test_separate_reference_is_loaded_and_used_for_kl(world, tmp_path):
+    """Later rounds continue from a PPO policy while the KL reference stays the SFT model."""
+    first = tmp_path / "r1"
+    P.ppo(make_cfg(world, iterations=2), first)
+    got = {}
+
+    def hooks(event, state):
+        if event == "setup":
+            got["ref"] = {k: v.clone() for k, v in state["actors"].ref.state_dict().items()}
+
+    cfg = make_cfg(world, iterations=1, policy=str(first / "final"), reference=str(world["sft"]))
+    P.ppo(cfg, tmp_path / "r2", hooks=hooks)
+    init = weights(world["sft"])
+    assert all(torch.equal(got["ref"][k], init[k]) for k in init)
+    kl = [r["objective/kl"] for r in read_metrics(tmp_path / "r2") if "objective/kl" in r]
+    assert kl and kl[0] != 0.0  # the policy already differs from its reference

@@ -195,7 +195,12 @@ def build_actors(p: PPOConfig, reward_fn: RewardFn | None = None) -> Actors:
     tokenizer = load_tokenizer(p.policy)
     lm = load_model(p.policy)
     disable_dropout(lm)                                   # spec 7.9
-    ref = _freeze(copy.deepcopy(lm))                      # spec 7.27: frozen, eval, no grad
+    if p.reference and p.reference != p.policy:
+        # Later rounds start from the previous PPO policy; the KL reference stays the SFT model.
+        _check_same_tokenizer(tokenizer, p.reference)
+        ref = _freeze(load_model(p.reference))
+    else:
+        ref = _freeze(copy.deepcopy(lm))                  # spec 7.27: frozen, eval, no grad
     if reward_fn is None and p.reward_fn:
         reward_fn = load_reward_fn(p.reward_fn)
     reward_model = None
@@ -992,7 +997,7 @@ def ppo(cfg: Config, out_dir: str | Path, resume: bool = False, halt_after: int 
         # ---- rewards, GAE, whitening -------------------------------------------------------
         with timer("advantages"):
             extra = compute_advantages(ep, p, beta)
-        if it == 0 and p.check_invariants:
+        if it == 0 and p.check_invariants and (not p.reference or p.reference == p.policy):
             _check_kl0(ep)
         # ---- PPO epochs --------------------------------------------------------------------
         stats = trainer.train(ep, it, timer)
