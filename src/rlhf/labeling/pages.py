@@ -328,8 +328,8 @@ async def _admin_action(request: Request, name: str, action) -> Response:
     try:
         message, details = await action(form)
     except UserError as e:  # LabelingErrors, and UserErrors from loading a checkpoint
-        status = getattr(e, "status", 422)
-        return await run_in_threadpool(lambda: _project_page(request, name, error=str(e),
+        status, error = getattr(e, "status", 422), str(e)
+        return await run_in_threadpool(lambda: _project_page(request, name, error=error,
                                                              status=status))
     return await run_in_threadpool(lambda: _project_page(request, name, message=message,
                                                          details=details))

@@ -7,8 +7,6 @@ the step, model, optimiser, scheduler and RNG states, so resuming replays the sa
 from __future__ import annotations
 
 import random
-import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ import torch
 
 from rlhf.config import OptimFields
 from rlhf.errors import UserError
-from rlhf.io import atomic_path
+from rlhf.io import atomic_path, write_text_atomic
 from rlhf.rl.optim import cosine_to_fraction
 from rlhf.train import dist
 
@@ -121,24 +119,17 @@ def load_trainer_state(path: str | Path, optimizer, scheduler=None) -> dict:
     return blob["state"]
 
 
-def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "step-") -> Path | None:
-    """The newest complete checkpoint (`prefix` + number) with a trainer state, or None."""
-    d = Path(ckpt_dir)
-    if not d.exists():
-        return None
-    found = []
-    for p in d.iterdir():
-        m = re.fullmatch(re.escape(prefix) + r"(\d+)", p.name)
-        if m and (p / "trainer_state.pt").exists():
-            found.append((int(m.group(1)), p))
-    return max(found)[1] if found else None
+def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The checkpoint named by `ckpt_dir/latest`, if it is complete (has its trainer state)."""
+    pointer = Path(ckpt_dir) / "latest"
+    if pointer.exists():
+        p = Path(ckpt_dir) / pointer.read_text().strip()
+        if (p / "trainer_state.pt").exists():
+            return p
+    return None
 
 
-def prune_checkpoints(ckpt_dir: str | Path, keep: int, prefix: str = "step-") -> None:
-    if not dist.is_main():
-        return
-    d = Path(ckpt_dir)
-    items = sorted((int(p.name[len(prefix):]), p) for p in d.glob(prefix + "*")
-                   if p.name[len(prefix):].isdigit())
-    for _, p in items[:-keep] if keep > 0 else []:
-        shutil.rmtree(p, ignore_errors=True)
+def mark_latest(ckpt_dir: str | Path, name: str) -> None:
+    """Point `ckpt_dir/latest` at a checkpoint that has been completely written."""
+    if dist.is_main():
+        write_text_atomic(Path(ckpt_dir) / "latest", name)

@@ -18,11 +18,10 @@ from tqdm.auto import tqdm
 
 from rlhf.data.sft import IGNORE
 from rlhf.errors import UserError
-from rlhf.io import write_text_atomic
 from rlhf.runs import Run
 from rlhf.train import dist
-from rlhf.train.common import (BatchPlan, build_optimizer, cosine_schedule, load_trainer_state,
-                               save_checkpoint)
+from rlhf.train.common import (BatchPlan, build_optimizer, cosine_schedule, latest_checkpoint,
+                               load_trainer_state, mark_latest, save_checkpoint)
 
 
 def token_nll_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -57,15 +56,6 @@ def evaluate_nll(model, examples: Sequence, collate_fn: Callable, micro_batch_si
     return float(tot[0] / max(tot[1], 1))
 
 
-def _latest(ckpt_dir: Path) -> Path | None:
-    pointer = ckpt_dir / "latest"
-    if pointer.exists():
-        p = ckpt_dir / pointer.read_text().strip()
-        if (p / "trainer_state.pt").exists():
-            return p
-    return None
-
-
 def fit(model, tokenizer, examples: Sequence, collate_fn: Callable, cfg, *, epochs: float,
         run: Run, seed: int, resume: bool = False, save_every: int | None = None,
         halt_after: int | None = None, max_steps: int | None = None,
@@ -90,7 +80,7 @@ def fit(model, tokenizer, examples: Sequence, collate_fn: Callable, cfg, *, epoc
     step = 0
     ckpt_dir = run.checkpoints
     if resume:
-        last = _latest(ckpt_dir)
+        last = latest_checkpoint(ckpt_dir)
         if last is not None:
             dist.unwrap(model).load_state_dict(_load_weights(last, model))
             step = load_trainer_state(last, optimizer, scheduler)["step"]
@@ -98,8 +88,7 @@ def fit(model, tokenizer, examples: Sequence, collate_fn: Callable, cfg, *, epoc
 
     def checkpoint(name: str) -> None:
         save_checkpoint(ckpt_dir / name, model, tokenizer, optimizer, scheduler, {"step": step})
-        if dist.is_main():
-            write_text_atomic(ckpt_dir / "latest", name)
+        mark_latest(ckpt_dir, name)
 
     metrics: dict = {}
     bar = tqdm(total=total, initial=step, desc=desc, disable=not dist.is_main(), leave=False)

@@ -58,7 +58,7 @@ from rlhf.models import (context_length, disable_dropout, load_model, load_token
                          position_ids_from_mask)
 from rlhf.runs import Run
 from rlhf.train import dist
-from rlhf.train.common import _rng_state, _set_rng_state
+from rlhf.train.common import _rng_state, _set_rng_state, latest_checkpoint, mark_latest
 from rlhf.train.ppo_plan import PPOPlan
 
 RewardFn = Callable[[list[str], list[str]], Any]
@@ -871,15 +871,6 @@ def load_ppo_checkpoint(path: Path, actors: Actors, trainer: Trainer) -> dict:
     return blob["state"]
 
 
-def _latest(ckpt_dir: Path) -> Path | None:
-    pointer = ckpt_dir / "latest"
-    if pointer.exists():
-        p = ckpt_dir / pointer.read_text().strip()
-        if (p / "trainer_state.pt").exists():
-            return p
-    return None
-
-
 def _prune(ckpt_dir: Path, keep: int) -> None:
     if not dist.is_main() or keep <= 0:
         return
@@ -953,7 +944,7 @@ def ppo(cfg: Config, out_dir: str | Path, resume: bool = False, halt_after: int 
     trainer = Trainer(actors, p, plan, seed, _load_ptx_blocks(p, tok))
     run = Run(out, dump_config(cfg), is_main=dist.is_main(), resume=resume)
     start = 0
-    if resume and (last := _latest(run.checkpoints)) is not None:
+    if resume and (last := latest_checkpoint(run.checkpoints)) is not None:
         start = load_ppo_checkpoint(last, actors, trainer)["iteration"]
     if dist.is_main():
         print(plan.describe(), flush=True)
@@ -966,9 +957,8 @@ def ppo(cfg: Config, out_dir: str | Path, resume: bool = False, halt_after: int 
     def checkpoint(done: int) -> None:
         name = f"iter-{done:06d}"
         save_ppo_checkpoint(run.checkpoints / name, actors, trainer, {"iteration": done})
-        if dist.is_main():
-            write_text_atomic(run.checkpoints / "latest", name)
-            _prune(run.checkpoints, p.keep_checkpoints)
+        mark_latest(run.checkpoints, name)
+        _prune(run.checkpoints, p.keep_checkpoints)
 
     dev = dist.device()
     metrics: dict[str, float] = {}

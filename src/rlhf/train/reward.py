@@ -27,14 +27,14 @@ from rlhf.data.rankings import (EncodedRanking, collate_rankings, encode_pair, e
                                 load_prompt_responses, load_rankings, pad_sequences,
                                 scores_to_matrix)
 from rlhf.errors import UserError
-from rlhf.io import read_jsonl, require_str, write_json_atomic, write_text_atomic
+from rlhf.io import read_jsonl, require_str, write_json_atomic
 from rlhf.models import context_length, load_tokenizer
 from rlhf.models.reward import RewardModel
 from rlhf.rl.ranking import batched_ranking_loss, pair_stats
 from rlhf.runs import Run
 from rlhf.train import dist
-from rlhf.train.common import (BatchPlan, build_optimizer, cosine_schedule, load_trainer_state,
-                               save_checkpoint)
+from rlhf.train.common import (BatchPlan, build_optimizer, cosine_schedule, latest_checkpoint,
+                               load_trainer_state, mark_latest, save_checkpoint)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -140,15 +140,6 @@ def _drop_unranked(data: list[EncodedRanking]) -> tuple[list[EncodedRanking], in
     return kept, len(data) - len(kept)
 
 
-def _latest(ckpt_dir: Path) -> Path | None:
-    pointer = ckpt_dir / "latest"
-    if pointer.exists():
-        p = ckpt_dir / pointer.read_text().strip()
-        if (p / "trainer_state.pt").exists():
-            return p
-    return None
-
-
 def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
              halt_after: int | None = None) -> dict:
     """Train a reward model from rankings; write run folder `out_dir` and `out_dir/final`."""
@@ -188,7 +179,7 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
     optimizer = build_optimizer(rm, r)
     scheduler = cosine_schedule(optimizer, total, r.warmup_steps, r.final_lr_fraction)
     step = 0
-    if resume and (last := _latest(run.checkpoints)) is not None:
+    if resume and (last := latest_checkpoint(run.checkpoints)) is not None:
         rm.load_state_dict(RewardModel.from_pretrained(last).state_dict())
         step = load_trainer_state(last, optimizer, scheduler)["step"]
     ddp_rm = dist.wrap_ddp(rm)
@@ -197,8 +188,7 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
     def checkpoint(name: str) -> None:
         save_checkpoint(run.checkpoints / name, rm, tokenizer, optimizer, scheduler,
                         {"step": step})
-        if dist.is_main():
-            write_text_atomic(run.checkpoints / "latest", name)
+        mark_latest(run.checkpoints, name)
 
     metrics: dict = {}
     bar = tqdm(total=total, initial=step, desc="rm", disable=not dist.is_main(), leave=False)
