@@ -26,8 +26,6 @@ def pipeline(config: Path = typer.Option(..., "--config", "-c", help="YAML confi
     out_dir = out or (Path(cfg.out) if cfg.out else None)
     if out_dir is None:
         raise UserError("say where the run goes: --out DIR (or `out:` in the config)")
-    summary = run_pipeline(cfg, out_dir)
-    text = summary.get("eval", {}).get("summary_text")
-    if text:
-        typer.echo(text)
-    typer.echo(f"report: {Path(out_dir) / 'eval' / 'report.html'}")
+    summary = run_pipeline(cfg, out_dir)  # the evaluation prints its own text summary
+    typer.echo(f"report: {summary['eval'].get('report_html', Path(out_dir) / 'eval')}")
+    typer.echo(f"all numbers: {summary['eval'].get('report_json', '')}")
