@@ -71,10 +71,11 @@ RATIO_TOL = 1e-5
 #: At iteration 0 (policy = reference), mean per-token |KL| allowed; max per token is RATIO_TOL.
 KL0_TOL = 1e-6
 #: The same two under bf16 autocast, where the sampler (KV cache, one token at a time) and the
-#: training forward (whole sequence) round differently: a bound on rounding, still far below
-#: what a real mismatch (temperature, dropout, positions, stale weights) produces.
-BF16_RATIO_TOL = 0.5
-BF16_KL0_TOL = 2e-2
+#: training forward (whole sequence) round differently: ~10x the rounding measured on the
+#: benchmark model (max |ratio - 1| 0.008, mean |log-ratio| 0.0016; benchmarks/RESULTS.md), far
+#: below what a real mismatch (temperature, dropout, positions, stale weights) produces.
+BF16_RATIO_TOL = 0.1
+BF16_KL0_TOL = 5e-3
 
 
 class NonFiniteError(FloatingPointError):
