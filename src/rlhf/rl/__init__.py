@@ -1,6 +1,6 @@
 """Pure tensor math for PPO / PPO-ptx (no I/O, no model code).
 
-Spec items refer to /work/shared/reference/instructgpt_spec.md (§7 checklist, §8 pitfalls).
+Spec items refer to the project's InstructGPT reproduction spec (§7 checklist, §8 pitfalls).
 
 ==============================  ==================================================  ==========
 function / class                equation                                            spec
