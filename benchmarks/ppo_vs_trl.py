@@ -373,11 +373,26 @@ def _median(xs):
     return statistics.median(xs) if xs else None
 
 
-def summarize(run: Run, reward_key: str, tokens_default: int) -> dict:
+def response_lengths(run: Run, batch: int = 32) -> list[float]:
+    """Mean response length of each step: ours from its metrics, TRL RLOO from its log
+    (`completions/mean_length`), TRL PPO always decodes the full 64 tokens."""
+    if run.steps and "log" in run.steps[0]:
+        return [s["log"].get("response/length", 64.0) for s in run.steps]
+    by_step: dict[int, dict] = {}
+    for lg in run.logs:
+        by_step.setdefault(lg["step"], {}).update(lg["log"])
+    return [float(by_step.get(i, {}).get("completions/mean_length", 64.0))
+            for i in range(len(run.steps))]
+
+
+def summarize(run: Run, reward_key: str, batch: int = 32) -> dict:
+    lengths = response_lengths(run, batch)
+    for s, n in zip(run.steps, lengths):
+        s.setdefault("tokens", n * batch)
     steps = run.steps[1:] if len(run.steps) > 1 else run.steps     # step 0 = warm-up
     step_s = [s["step_s"] for s in steps]
     gen_s = [s.get("gen_s") for s in steps]
-    tokens = [s.get("tokens", tokens_default) for s in steps]
+    tokens = [s["tokens"] for s in steps]
     med = _median(step_s)
     out = {"steps": len(run.steps), "median_step_s": med,
            "min_step_s": min(step_s) if step_s else None,
@@ -421,6 +436,7 @@ def summarize(run: Run, reward_key: str, tokens_default: int) -> dict:
         kl = [by_step.get(i, {}).get("objective/kl", by_step.get(i, {}).get("kl"))
               for i in range(len(run.steps))]
         out["kl"] = [None if k is None else float(k) for k in kl]
+        out["response_length"] = lengths
         stats = (run.done or {}).get("rollout_stats") or []
         if stats:
             out["frac_truncated_by_pad"] = [r["frac_truncated_by_pad"] for r in stats]
@@ -487,13 +503,26 @@ def run_match(name: str, args, tmp: Path) -> dict:
             if r.proc.poll() is None:
                 r.proc.kill()
     reward_key = "objective/scores" if name == "ppo" else "reward"
-    res = {r.name: summarize(r, reward_key, 32 * 64) for r in runs}
+    res = {r.name: summarize(r, reward_key) for r in runs}
     peer = res[peer_name]
+    # The same rollout shape: the steps (warm-up excluded) where every run still generated
+    # full-length responses (>= 60 of 64 tokens on average). A reward that pays for stopping
+    # early (rloo's fraction: an EOS-only response scores 64) shortens them later on.
+    lens = [response_lengths(r) for r in runs]
+    full = [i for i in range(1, args.steps) if all(ln[i] >= 60 for ln in lens)]
+    for r in runs:
+        res[r.name]["full_length_steps"] = len(full)
+        res[r.name]["median_step_s_full_length"] = _median([r.steps[i]["step_s"] for i in full])
     for r in runs[1:]:
         o = res[r.name]
         o["speedup_vs_" + peer_name] = peer["median_step_s"] / o["median_step_s"]
         paired = [a["step_s"] / b["step_s"] for a, b in zip(runs[0].steps[1:], r.steps[1:])]
         o["speedup_vs_" + peer_name + "_paired_median"] = _median(paired)
+        if full:
+            o["speedup_vs_" + peer_name + "_full_length"] = (
+                peer["median_step_s_full_length"] / o["median_step_s_full_length"])
+            o["speedup_vs_" + peer_name + "_full_length_paired_median"] = _median(
+                [runs[0].steps[i]["step_s"] / r.steps[i]["step_s"] for i in full])
     return res
 
 
@@ -503,7 +532,8 @@ def report(name: str, res: dict) -> list[str]:
         rr = o.get("reward") or []
         curve = " ".join("-" if x is None else f"{x:.1f}" for x in rr[::5])
         lines.append(f"  {run:16s} step {o['median_step_s']:6.2f} s (median; min "
-                     f"{o['min_step_s']:.2f})  gen tok/s {o['generated_tokens_per_s']:6.0f} "
+                     f"{o['min_step_s']:.2f}; full-length steps "
+                     f"{o['median_step_s_full_length'] or float('nan'):.2f})  gen tok/s {o['generated_tokens_per_s']:6.0f} "
                      f"(of generation time {o['generation_tokens_per_s'] or 0:6.0f})  peak RSS "
                      f"{o['peak_rss_mb']:6.0f} MB  reward {o.get('reward_first_fifth', 0):.2f} -> "
                      f"{o.get('reward_last_fifth', 0):.2f}")
@@ -513,14 +543,18 @@ def report(name: str, res: dict) -> list[str]:
             lines.append(f"  {'':16s} responses cut by a sampled PAD: first {f[0]:.2f}, max "
                          f"{max(f):.2f}, last {f[-1]:.2f}; mean valid length last "
                          f"{o['mean_valid_len'][-1]:.1f}/64")
-        if "eos_fraction" in o:
+        if "response_length" in o:
             lens = [x for x in o["response_length"] if x is not None]
-            lines.append(f"  {'':16s} response length first {lens[0]:.1f}, last {lens[-1]:.1f} "
-                         f"(PAD is never sampled)")
-        for k, v in o.items():
-            if k.startswith("speedup_vs_") and not k.endswith("paired_median"):
+            lines.append(f"  {'':16s} mean response length first {lens[0]:.1f}, min "
+                         f"{min(lens):.1f}, last {lens[-1]:.1f}" +
+                         (" (PAD is never sampled)" if "eos_fraction" in o else ""))
+        for k, v in list(o.items()):
+            if k.startswith("speedup_vs_") and not k.endswith(("paired_median", "full_length")):
                 lines.append(f"  {'':16s} {k.replace('_', ' ')}: {v:.2f}x (paired per-step "
-                             f"median {o[k + '_paired_median']:.2f}x)")
+                             f"median {o[k + '_paired_median']:.2f}x); at full length "
+                             f"({o['full_length_steps']} steps): "
+                             f"{o.get(k + '_full_length', float('nan')):.2f}x (paired "
+                             f"{o.get(k + '_full_length_paired_median', float('nan')):.2f}x)")
         if "step_vs_bare_sum" in o:
             b = o["bare_phases_median_s"]
             lines.append(f"  {'':16s} floor: step / sum of bare phases = "
