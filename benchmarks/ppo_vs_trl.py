@@ -466,6 +466,8 @@ def run_match(name: str, args, tmp: Path) -> dict:
            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads),
            "MKL_NUM_THREADS": str(args.threads), "TINY_MODEL": str(args.model),
            "TRL_EXPERIMENTAL_SILENCE": "1", "PYTHONUNBUFFERED": "1"}
+    if args.omp_wait_policy:
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     me = [sys.executable, str(Path(__file__).resolve()), "--threads", str(args.threads),
           "--peer", str(args.peer), "--model", str(args.model), "--steps", str(args.steps)]
     runs: list[Run] = []
@@ -586,6 +588,8 @@ def main() -> None:
     ap.add_argument("--trl116", type=Path, default=ROOT / ".peer" / "trl116")
     ap.add_argument("--deps", type=Path, default=ROOT / ".peer" / "site-packages")
     ap.add_argument("--bare-every", type=int, default=5)
+    ap.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"],
+                    help="OMP_WAIT_POLICY for every run (PASSIVE: >1 thread on a shared box)")
     ap.add_argument("--work-dir", type=Path, help="keep the runs' folders and logs here")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
                     "ppo_vs_trl.json")
@@ -620,14 +624,17 @@ def main() -> None:
             results[name] = run_match(name, args, work / name)
     import torch
     out = {"machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": args.threads,
+                       "omp_wait_policy": args.omp_wait_policy or os.environ.get("OMP_WAIT_POLICY"),
                        "torch": torch.__version__, "python": platform.python_version(),
                        "load_average_start": load0, "load_average_end": os.getloadavg()},
            "settings": {"ours": {k: {**COMMON, **v} for k, v in OURS.items()},
                         "peer_scripts": str(args.peer), "steps": args.steps,
                         "bare_every": args.bare_every},
            "wall_s": round(time.time() - t0, 1), **results}
-    print(f"\nPPO vs TRL on {cpu_model()}, {args.threads} thread(s), {args.steps} steps per run, "
-          f"load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(f"\nPPO vs TRL on {cpu_model()}, {args.threads} thread(s)"
+          + (f" (OMP_WAIT_POLICY={args.omp_wait_policy})" if args.omp_wait_policy else "")
+          + f", {args.steps} steps per run, load average {load0[0]:.1f} -> "
+          f"{os.getloadavg()[0]:.1f}")
     for name, res in results.items():
         print(f"[{name}]")
         print("\n".join(report(name, res)))
