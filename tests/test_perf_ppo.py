@@ -267,6 +267,19 @@ def test_bf16_ppo_runs_with_its_invariants(setup, tmp_path):
         P._autocast_dtype("fp8")
 
 
+def test_cpu_threads_hint(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(P.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert "OMP_WAIT_POLICY=PASSIVE" in P.cpu_threads_hint(load=1.5)
+    assert P.cpu_threads_hint(load=0.1) is None            # a quiet machine
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert P.cpu_threads_hint(load=3.0) is None
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert P.cpu_threads_hint(load=3.0) is None            # one thread: nothing to spin
+
+
 def test_allocator_tuning_is_harmless():
     assert P.tune_cpu_allocator() in (True, False)
     x = torch.randn(1000, 1000)

@@ -260,6 +260,25 @@ def tune_cpu_allocator() -> bool:
         return False
 
 
+def cpu_threads_hint(load: float | None = None) -> str | None:
+    """A warning when more than one torch thread shares busy cores under OpenMP's default
+    spin-waiting: on a 2-core box with another job running, 2 threads made `generate` 20x and
+    training 2.5x slower than 1 thread (benchmarks/RESULTS.md). None when nothing to say."""
+    n = torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:                  # not Linux
+        cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if load is None and hasattr(os, "getloadavg") else (load or 0.0)
+    if n <= 1 or load + n <= cores + 1 or \
+            os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        return None
+    return (f"note: {n} torch threads on {cores} cores with load average {load:.1f} from other "
+            "processes: OpenMP threads spin while they wait, so sharing busy cores can slow "
+            "every step several-fold. Start with OMP_WAIT_POLICY=PASSIVE, or use fewer threads "
+            "(OMP_NUM_THREADS / torch.set_num_threads).")
+
+
 def autocast_context(dtype: torch.dtype | None, device: torch.device | None = None):
     """`torch.autocast` to `dtype` on `device` (default: this process's), or a null context.
 
@@ -1313,6 +1332,8 @@ def ppo(cfg: Config, out_dir: str | Path, resume: bool = False, halt_after: int 
                         field="ppo.temperature")
     if dist.device().type == "cpu":
         tune_cpu_allocator()
+        if dist.is_main() and (hint := cpu_threads_hint()):
+            print(hint, file=sys.stderr, flush=True)
     actors = build_actors(p, reward_fn, autocast)
     plan.validate(context_length(actors.lm))
     tok = actors.tokenizer
