@@ -183,6 +183,8 @@ class PipelineConfig(Section):
     sample_max_new_tokens: int = 48
     select_sft_by_rm: bool = True   # paper §3.5: pick the SFT epoch by RM score, not val loss
     select_prompts: int = 64        # validation prompts used for that selection
+    select_min_rm_accuracy: float = 0.55  # ...but only with an RM at least this accurate on
+                                    # held-out rankings; otherwise keep the last epoch
     ppo_ptx: bool = True            # also train PPO-ptx (gamma_ptx from `ppo_ptx_gamma`)
     ppo_ptx_gamma: float = 1.0      # γ_ptx under our per-token-mean normalisation
     ppo_iterations_later_rounds: int | None = None  # default: same as ppo.iterations

@@ -107,6 +107,23 @@ def heldout_valid_rankings(valid_file: str, labelers: list, out: Path, seed: int
     return str(out)
 
 
+def choose_sft_checkpoint(checkpoints: list[str], rm_result: dict, min_accuracy: float,
+                          out: Path, select: Callable[[Path], dict]) -> dict:
+    """The SFT epoch for the rest of the loop: picked by RM score (paper §3.5) when the RM's
+    held-out pairwise accuracy is at least `min_accuracy`; otherwise the last epoch, because an
+    RM at chance level would pick an epoch at random (and often an undertrained one)."""
+    acc = (rm_result.get("valid") or {}).get("accuracy")
+    if acc is not None and acc >= min_accuracy:
+        return select(out)
+    result = {"selected": checkpoints[-1], "criterion": "last epoch",
+              "reason": f"RM held-out accuracy {acc if acc is None else round(acc, 4)} is below "
+                        f"pipeline.select_min_rm_accuracy = {min_accuracy}",
+              "candidates": [{"checkpoint": c} for c in checkpoints]}
+    write_json_atomic(out, result)
+    _log(f"sft_select: kept the last epoch ({result['reason']})")
+    return result
+
+
 def _concat_jsonl(files: list[str], out: Path) -> str:
     write_text_atomic(out, "".join(Path(f).read_text() for f in files))
     return str(out)
@@ -178,11 +195,13 @@ def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
         rm_path = rm_res["model"]
 
         if r == 1 and p.select_sft_by_rm and len(sft_res.get("epoch_checkpoints", [])) > 1:
-            sel = st.run("sft_select", lambda d: select_sft_checkpoint(
-                sft_res["epoch_checkpoints"], str(wdir / "prompts/sft_valid.jsonl"), rm_path,
-                d / "selection.json", n_prompts=p.select_prompts,
-                max_new_tokens=p.sample_max_new_tokens, template=cfg.sft.prompt_template,
-                seed=cfg.seed))
+            sel = st.run("sft_select", lambda d: choose_sft_checkpoint(
+                sft_res["epoch_checkpoints"], rm_res, p.select_min_rm_accuracy,
+                d / "selection.json", lambda out: select_sft_checkpoint(
+                    sft_res["epoch_checkpoints"], str(wdir / "prompts/sft_valid.jsonl"),
+                    rm_path, out, n_prompts=p.select_prompts,
+                    max_new_tokens=p.sample_max_new_tokens, template=cfg.sft.prompt_template,
+                    seed=cfg.seed)))
             sft_model = policy = sel["selected"]
 
         iters = cfg.ppo.iterations if r == 1 else (p.ppo_iterations_later_rounds
