@@ -126,6 +126,16 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path, title: str | None = None) -> Path:
+    """Lay out, write the PNG and free the figure (every plot ends this way)."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _err(val, ci) -> list[float]:
     """[below, above] error-bar lengths from a CI (0 when missing)."""
     v = _num(val)
@@ -165,10 +175,7 @@ def plot_win_rates(results: dict, path: Path) -> Path | None:
     ax.set_title("Preference of held-out labelers (95% CI)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_metadata(results: dict, path: Path) -> Path | None:
@@ -206,11 +213,7 @@ def plot_metadata(results: dict, path: Path) -> Path | None:
         ax.grid(axis="y", alpha=0.3)
     for k in range(len(panels), rows * cols):
         axes[k // cols][k % cols].axis("off")
-    fig.suptitle("Metadata from held-out labelers (95% CI)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, "Metadata from held-out labelers (95% CI)")
 
 
 def plot_ptx(results: dict, path: Path) -> Path | None:
@@ -238,11 +241,7 @@ def plot_ptx(results: dict, path: Path) -> Path | None:
     a2.set_xticks(xs, [n for n, _ in models], rotation=30, ha="right", fontsize=8)
     for a in (a1, a2):
         a.grid(axis="y", alpha=0.3)
-    fig.suptitle("Alignment tax and the ptx mix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, "Alignment tax and the ptx mix")
 
 
 def plot_truthfulqa(results: dict, path: Path) -> Path | None:
@@ -261,10 +260,7 @@ def plot_truthfulqa(results: dict, path: Path) -> Path | None:
     ax.set_title("TruthfulQA multiple choice")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # --------------------------------------------------------------------------- text + html
