@@ -43,6 +43,10 @@ def test_every_stage_finished_and_report_is_complete(quick_run):
                                    "hallucination", "harmful_compliance",
                                    "appropriate_for_customer"}
     assert report["kl_curve"] and all(p["sqrt_kl"] >= 0 for p in report["kl_curve"])
+    copying = report["copying"]["models"]
+    assert set(copying) == set(models) - {"base_prompted"}
+    assert all(0.0 <= c["accuracy"] <= 1.0 and set(c) >= {"prose", "chat"}
+               for c in copying.values())
     html = (quick_run / "eval/report.html").read_text()
     for png in ("win_rate.png", "metadata.png", "ptx.png", "kl_curve.png"):
         assert png in html and (quick_run / "eval" / png).stat().st_size > 1000

@@ -6,6 +6,8 @@ the paper's "GPT prompted"), `sft` (the reference of every win rate), and per ro
 `ppo_r{r}` / `ppo_ptx_r{r}`. Over-optimisation: for the plain-PPO run of every round, its saved
 policies (checkpoints/iter-*, final) are sampled on `pipeline.curve_prompts` test prompts at the
 PPO temperature and scored by that round's RM (proxy) and the gold judge against √KL(π‖SFT).
+Copying: every model's accuracy on the copy probe (rlhf.eval.copying), the skill that
+closed-domain answers need and the few-shot prompt relies on.
 The PPO runs' own metrics (objective/kl, objective/score) go to `kl_curve_train`.
 """
 
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlhf.eval.copying import copy_probe
 from rlhf.eval.harness import ModelSpec, evaluate_models, world_closed_domain
 from rlhf.eval.judging import labeler_agreement
 from rlhf.eval.overopt import (checkpoint_curve, fit_kl_curve, kl_curve_from_metrics,
@@ -64,6 +67,14 @@ def evaluate_pipeline(cfg, world, pool, root: str | Path, *, base: str, sft: str
                          if not isinstance(v, (dict, list))}
         results["rm"]["rounds"] = [{"round": r["round"], **(r.get("rm_metrics") or {})}
                                    for r in rounds]
+
+    # can each model copy a detail from its context (what closed-domain tasks need)?
+    t0 = time.time()
+    if p.copy_probe_stories:
+        results["copying"] = copy_probe(
+            {s.name: s.path for s in specs if s.kind != "prompted"}, world.universe,
+            n=p.copy_probe_stories, seed=cfg.seed, template=template)
+        timings["copy_probe"] = round(time.time() - t0, 2)
 
     # over-optimisation: proxy and gold against sqrt(KL from SFT) along plain PPO
     t0 = time.time()

@@ -30,6 +30,8 @@ value that does not apply is null):
       "rm": {...},                              # reward model metrics (accuracy, ...), free-form
       "labeler_agreement": {"train": {"agreement", "ci", "pairs"}, "heldout": {...}}
                            | {"agreement", "ci", "pairs"} | float,
+      "copying": {"n_cases", "chance": {detail: p},            # rlhf.eval.copying
+                  "models": {name: {"accuracy", "prose": {...}, "chat": {...}}}},
       "kl_curve": [{"step", "kl", "sqrt_kl", "proxy", "gold"}, ...],
       "kl_fit": {"proxy": {"alpha", "beta", "rmse", "baseline", "form", "n"}, "gold": {...}},
       "kl_summary": {"last": {"sqrt_kl", "proxy_gain", "gold_gain"}, "gold_best": {...},
@@ -301,6 +303,14 @@ def summary_text(results: dict) -> str:
         else:
             v = ag.get("agreement") if isinstance(ag, dict) else ag
             lines.append(f"Labeler agreement: {_pct(v)}")
+    cp = results.get("copying") or {}
+    if cp.get("models"):
+        chance = cp.get("chance") or {}
+        lines.append("Copies a detail from its context (town/number/food; chance "
+                     + "/".join(_pct(chance.get(d)) for d in ("town", "number", "food")) + "): "
+                     + "; ".join(f"{n} " + "/".join(_pct(c.get("chat", {}).get(d))
+                                                   for d in ("town", "number", "food"))
+                                 for n, c in cp["models"].items()))
     fit = results.get("kl_fit") or {}
     ks = results.get("kl_summary") or {}
     if results.get("kl_curve"):
@@ -387,6 +397,7 @@ def render_html(results: dict, plots: dict[str, str]) -> str:
                                 [[x.get("prompt", ""), x.get("category", ""),
                                   x.get("response", "")] for x in s]))
     for key, title in (("rm", "Reward model"), ("labeler_agreement", "Labeler agreement"),
+                       ("copying", "Copying a detail from the context (rlhf.eval.copying)"),
                        ("kl_fit", "Gao fit of score vs √KL"),
                        ("kl_summary", "Proxy vs gold along PPO"), ("timings", "Timings (s)"),
                        ("config", "Configuration")):

@@ -1,0 +1,86 @@
+"""Copy probe: can the models of a pipeline run copy a detail from their context?
+
+    .venv/bin/python benchmarks/copy_probe.py --run runs/demo [--model NAME=PATH ...]
+        [--n 100] [--out benchmarks/results/copy_probe.json]
+
+Probes the run's base model (pretrain/final), its SFT model and its last PPO / PPO-ptx policies
+(or any HF causal LMs given with --model) with rlhf.eval.copying: a source text states a town, a
+number and a food; the greedy next token at the place where the continuation restates them must
+be that detail. A model at chance cannot summarise, answer from, or rewrite a text without
+inventing details (closed-domain hallucination), and a few-shot prompt cannot help it.
+Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def run_models(run: Path) -> dict[str, str]:
+    models = {"base": str(run / "pretrain" / "final")}
+    summary = run / "summary.json"
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        models["sft"] = s["sft"]
+        for r in s.get("rounds", []):
+            for key in ("ppo", "ppo_ptx"):
+                if r.get(key):
+                    models[f"{key}_r{r['round']}"] = r[key]
+    return models
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, help="a pipeline run folder (runs/demo)")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH")
+    ap.add_argument("--n", type=int, default=100, help="stories (x 2 shapes x 3 details)")
+    ap.add_argument("--seed", type=int, default=0, help="world seed and case stream")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/copy_probe.json"))
+    args = ap.parse_args(argv)
+
+    from rlhf.eval.copying import DETAILS, SHAPES, copy_accuracy, copy_cases
+    from rlhf.models import load_model, load_tokenizer
+    from rlhf.world.universe import Universe
+
+    models = run_models(args.run) if args.run else {}
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep:
+            ap.error(f"--model wants NAME=PATH, got {item!r}")
+        models[name] = path
+    if not models:
+        ap.error("give --run or --model")
+    cases = copy_cases(Universe(args.seed), args.n, seed=args.seed)
+    results: dict = {}
+    header = f"{'model':14s} {'all':>6s} " + " ".join(f"{s}/{d:6s}" for s in SHAPES
+                                                   for d in DETAILS)
+    print(header)
+    for name, path in models.items():
+        t0 = time.time()
+        res = copy_accuracy(load_model(path), load_tokenizer(path), cases)
+        res["path"], res["seconds"] = path, round(time.time() - t0, 2)
+        results[name] = res
+        print(f"{name:14s} {res['accuracy']:6.3f} " + " ".join(
+            f"{res[s][d]:{len(s) + 7}.3f}" for s in SHAPES for d in DETAILS))
+    chance = next(iter(results.values()))["chance"]
+    print("chance:", ", ".join(f"{d} {c:.3f}" for d, c in chance.items()))
+    out = {"benchmark": "copy_probe", "n_cases": len(cases), "seed": args.seed,
+           "run": str(args.run) if args.run else None, "models": results,
+           "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                       "threads": torch.get_num_threads(), "cpus": os.cpu_count()}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,119 @@
+"""Can a model copy a detail from its context? The skill every closed-domain task needs.
+
+A summary, an answer "using only the text" or a rewrite must repeat the source's town, number
+and food; a model that cannot copy writes plausible ones instead (closed-domain hallucination),
+and a few-shot prompt cannot teach it anything. This probe measures the skill directly: a short
+source text states a detail, a continuation restates the story up to the detail, and the
+model's greedy next token must be that detail (teacher-forced, one forward pass per batch).
+
+Two shapes, each with three details (town after "went to", number after "bought", food after
+"bought <number>"):
+
+- `prose`: plain text, the shape of a pretraining corpus ("..., bought four carrots at the
+  market. Later, Tom told Kate that he went to Pinecrest, bought" -> "four");
+- `chat`:  the same source as a summarisation prompt in the SFT template
+  ("User: Summarize ...\\nText: ...\\nAssistant: Tom went to Pinecrest, bought" -> "four").
+
+Chance is 1 / (number of values the detail can take). Cases come from one seeded stream.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from rlhf.data.format import DEFAULT_TEMPLATE
+from rlhf.models.lm import context_length
+
+from rlhf.world import lexicon as lx
+from rlhf.world.universe import Universe
+
+DETAILS: dict[str, tuple[str, ...]] = {"town": tuple(lx.TOWNS), "number": tuple(lx.NUMBERS),
+                                       "food": tuple(lx.COUNTABLE_FOODS)}
+SHAPES: tuple[str, ...] = ("prose", "chat")
+
+
+def copy_cases(u: Universe, n: int, seed: int = 0,
+               template: str = DEFAULT_TEMPLATE) -> list[dict]:
+    """n stories x 2 shapes x 3 details: {"shape", "detail", "prefix", "answer"}."""
+    rng = random.Random(f"copy-probe:{seed}")
+    cases = []
+    for _ in range(n):
+        p = u.people[rng.choice(sorted(u.people))]
+        friend = rng.choice([q for q in sorted(u.people) if q != p.name])
+        town = rng.choice([t for t in sorted(u.towns) if t != p.town])
+        num, food = rng.choice(lx.NUMBERS), rng.choice(lx.COUNTABLE_FOODS)
+        pr = p.pronoun
+        source = f"{p.name} went to {town}. {pr.capitalize()} bought {num} {food} at the market."
+        heads = {
+            "prose": f"One day, {source} Later, {p.name} told {friend} that {pr} ",
+            "chat": template.format(prompt="Summarize the text in one sentence.\nText: On "
+                                    f"{rng.choice(lx.DAYS)}, {source}") + f" {p.name} ",
+        }
+        for shape, head in heads.items():
+            for detail, prefix, answer in (
+                    ("town", f"{head}went to", town),
+                    ("number", f"{head}went to {town}, bought", num),
+                    ("food", f"{head}went to {town}, bought {num}", food)):
+                cases.append({"shape": shape, "detail": detail, "prefix": prefix,
+                              "answer": answer})
+    return cases
+
+
+@torch.no_grad()
+def copy_accuracy(model, tokenizer, cases: list[dict], batch_size: int = 64) -> dict:
+    """Greedy next-token accuracy on the cases: overall, per shape and per shape/detail, with
+    the chance level of each detail."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    hits: list[bool] = []
+    ctx = context_length(model) if hasattr(model, "config") else 1 << 30
+    for i in range(0, len(cases), batch_size):
+        chunk = cases[i:i + batch_size]
+        ids = [tokenizer(c["prefix"], add_special_tokens=False)["input_ids"][-ctx:]
+               for c in chunk]  # the end of a prefix longer than the context is what matters
+        width = max(len(x) for x in ids)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits
+        last = mask.sum(1) - 1
+        pred = logits[torch.arange(len(chunk), device=device), last].argmax(-1).tolist()
+        for c, token in zip(chunk, pred):
+            want = tokenizer(" " + c["answer"], add_special_tokens=False)["input_ids"][0]
+            hits.append(token == want)
+    model.train(was_training)
+
+    def rate(keep) -> float:
+        sel = [h for c, h in zip(cases, hits) if keep(c)]
+        return round(sum(sel) / len(sel), 4) if sel else float("nan")
+
+    out: dict = {"accuracy": rate(lambda c: True), "n": len(cases)}
+    for shape in SHAPES:
+        out[shape] = {"accuracy": rate(lambda c, s=shape: c["shape"] == s)}
+        for detail, values in DETAILS.items():
+            out[shape][detail] = rate(lambda c, s=shape, d=detail:
+                                      c["shape"] == s and c["detail"] == d)
+    out["chance"] = {d: round(1 / len(v), 4) for d, v in DETAILS.items()}
+    return out
+
+
+def copy_probe(models: dict[str, str], u: Universe, n: int = 50, seed: int = 0,
+               template: str = DEFAULT_TEMPLATE) -> dict:
+    """Copy accuracy of HF models given as {name: path} (a path probed once):
+    {"n_cases", "chance": {detail: p}, "models": {name: {"accuracy", "prose", "chat"}}}."""
+    from rlhf.models import load_model, load_tokenizer
+
+    cases = copy_cases(u, n, seed=seed, template=template)
+    done: dict[str, dict] = {}
+    out: dict = {"n_cases": len(cases), "models": {}}
+    for name, path in models.items():
+        if path not in done:
+            res = copy_accuracy(load_model(path), load_tokenizer(path), cases)
+            out["chance"] = res.pop("chance")
+            res.pop("n")
+            done[path] = res
+        out["models"][name] = done[path]
+    return out
