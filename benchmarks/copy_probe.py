@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("give --run or --model")
     cases = copy_cases(Universe(args.seed), args.n, seed=args.seed)
     results: dict = {}
-    header = f"{'model':14s} {'all':>6s} " + " ".join(f"{s}/{d:6s}" for s in SHAPES
-                                                   for d in DETAILS)
+    header = f"{'model':14s} {'all':>6s} " + " ".join(f"{s + '/' + d:>{len(s) + 7}}"
+                                                   for s in SHAPES for d in DETAILS)
     print(header)
     for name, path in models.items():
         t0 = time.time()
