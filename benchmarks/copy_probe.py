@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/copy_probe.json"))
     args = ap.parse_args(argv)
 
-    from rlhf.eval.copying import DETAILS, SHAPES, copy_accuracy, copy_cases
-    from rlhf.models import load_model, load_tokenizer
+    from rlhf.eval.copying import DETAILS, SHAPES, copy_probe
     from rlhf.world.universe import Universe
 
     models = run_models(args.run) if args.run else {}
@@ -58,22 +57,17 @@ def main(argv: list[str] | None = None) -> dict:
         models[name] = path
     if not models:
         ap.error("give --run or --model")
-    cases = copy_cases(Universe(args.seed), args.n, seed=args.seed)
-    results: dict = {}
-    header = f"{'model':14s} {'all':>6s} " + " ".join(f"{s + '/' + d:>{len(s) + 7}}"
-                                                   for s in SHAPES for d in DETAILS)
-    print(header)
-    for name, path in models.items():
-        t0 = time.time()
-        res = copy_accuracy(load_model(path), load_tokenizer(path), cases)
-        res["path"], res["seconds"] = path, round(time.time() - t0, 2)
-        results[name] = res
+    t0 = time.time()
+    probe = copy_probe(models, Universe(args.seed), n=args.n, seed=args.seed)
+    seconds = round(time.time() - t0, 2)
+    print(f"{'model':14s} {'all':>6s} " + " ".join(f"{s + '/' + d:>{len(s) + 7}}"
+                                                  for s in SHAPES for d in DETAILS))
+    for name, res in probe["models"].items():
         print(f"{name:14s} {res['accuracy']:6.3f} " + " ".join(
             f"{res[s][d]:{len(s) + 7}.3f}" for s in SHAPES for d in DETAILS))
-    chance = next(iter(results.values()))["chance"]
-    print("chance:", ", ".join(f"{d} {c:.3f}" for d, c in chance.items()))
-    out = {"benchmark": "copy_probe", "n_cases": len(cases), "seed": args.seed,
-           "run": str(args.run) if args.run else None, "models": results,
+    print("chance:", ", ".join(f"{d} {c:.3f}" for d, c in probe["chance"].items()))
+    out = {"benchmark": "copy_probe", **probe, "seed": args.seed, "seconds": seconds,
+           "run": str(args.run) if args.run else None, "paths": models,
            "machine": {"platform": platform.platform(), "torch": torch.__version__,
                        "threads": torch.get_num_threads(), "cpus": os.cpu_count()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ class InductionOracle(torch.nn.Module):
         self.vocab = vocab
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, **kw):
         b, t = input_ids.shape
         same = input_ids[:, :, None] == input_ids[:, None, :]                 # [B, t, j]
         earlier = torch.ones(t, t, dtype=torch.bool).tril(-1)
@@ -37,7 +37,7 @@ class InductionOracle(torch.nn.Module):
 
 
 class Constant(InductionOracle):
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, **kw):
         pred = torch.full_like(input_ids, 5)
         return SimpleNamespace(logits=torch.nn.functional.one_hot(pred, self.vocab).float())
 
@@ -65,7 +65,7 @@ def test_cases_ask_for_a_detail_stated_earlier(setup):
 
 def test_a_perfect_copier_scores_one_and_a_context_blind_model_chance_or_less(setup):
     cases, tok = setup
-    # batch_size 7 mixes prefix lengths in a batch: the last real token must be read, not padding
+    # batch_size 7 mixes prefix lengths in a batch: padding must not shift what is read
     top = copy_accuracy(InductionOracle(len(tok)), tok, cases, batch_size=7)
     assert top["accuracy"] == 1.0
     assert all(top[s][d] == 1.0 for s in SHAPES for d in DETAILS)

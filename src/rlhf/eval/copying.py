@@ -4,7 +4,7 @@ A summary, an answer "using only the text" or a rewrite must repeat the source's
 and food; a model that cannot copy writes plausible ones instead (closed-domain hallucination),
 and a few-shot prompt cannot teach it anything. This probe measures the skill directly: a short
 source text states a detail, a continuation restates the story up to the detail, and the
-model's greedy next token must be that detail (teacher-forced, one forward pass per batch).
+model's greedy next token must be that detail (one forward pass per left-padded batch).
 
 Two shapes, each with three details (town after "went to", number after "bought", food after
 "bought <number>"):
@@ -20,12 +20,13 @@ Chance is 1 / (number of values the detail can take). Cases come from one seeded
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 
 import torch
 
 from rlhf.data.format import DEFAULT_TEMPLATE
-from rlhf.models.lm import context_length
-
+from rlhf.generation import left_pad
+from rlhf.models.lm import context_length, position_ids_from_mask
 from rlhf.world import lexicon as lx
 from rlhf.world.universe import Universe
 
@@ -68,34 +69,30 @@ def copy_accuracy(model, tokenizer, cases: list[dict], batch_size: int = 64) -> 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    hits: list[bool] = []
     ctx = context_length(model) if hasattr(model, "config") else 1 << 30
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    hits: dict[tuple[str, str], list[bool]] = defaultdict(list)
     for i in range(0, len(cases), batch_size):
         chunk = cases[i:i + batch_size]
-        ids = [tokenizer(c["prefix"], add_special_tokens=False)["input_ids"][-ctx:]
-               for c in chunk]  # the end of a prefix longer than the context is what matters
-        width = max(len(x) for x in ids)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
-        logits = model(input_ids=input_ids, attention_mask=mask).logits
-        last = mask.sum(1) - 1
-        pred = logits[torch.arange(len(chunk), device=device), last].argmax(-1).tolist()
-        for c, token in zip(chunk, pred):
+        # the end of a prefix longer than the context is what matters
+        ids, mask = left_pad([tokenizer(c["prefix"], add_special_tokens=False)["input_ids"][-ctx:]
+                              for c in chunk], pad)
+        ids, mask = ids.to(device), mask.to(device)
+        pred = model(input_ids=ids, attention_mask=mask,
+                     position_ids=position_ids_from_mask(mask)).logits[:, -1].argmax(-1)
+        for c, token in zip(chunk, pred.tolist()):
             want = tokenizer(" " + c["answer"], add_special_tokens=False)["input_ids"][0]
-            hits.append(token == want)
+            hits[(c["shape"], c["detail"])].append(token == want)
     model.train(was_training)
 
-    def rate(keep) -> float:
-        sel = [h for c, h in zip(cases, hits) if keep(c)]
+    def rate(groups: list[list[bool]]) -> float:
+        sel = [h for g in groups for h in g]
         return round(sum(sel) / len(sel), 4) if sel else float("nan")
 
-    out: dict = {"accuracy": rate(lambda c: True), "n": len(cases)}
+    out: dict = {"accuracy": rate(list(hits.values())), "n": len(cases)}
     for shape in SHAPES:
-        out[shape] = {"accuracy": rate(lambda c, s=shape: c["shape"] == s)}
-        for detail, values in DETAILS.items():
-            out[shape][detail] = rate(lambda c, s=shape, d=detail:
-                                      c["shape"] == s and c["detail"] == d)
+        out[shape] = {"accuracy": rate([hits[(shape, d)] for d in DETAILS])}
+        out[shape].update({d: rate([hits[(shape, d)]]) for d in DETAILS})
     out["chance"] = {d: round(1 / len(v), 4) for d, v in DETAILS.items()}
     return out
 

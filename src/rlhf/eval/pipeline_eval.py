@@ -69,8 +69,8 @@ def evaluate_pipeline(cfg, world, pool, root: str | Path, *, base: str, sft: str
                                    for r in rounds]
 
     # can each model copy a detail from its context (what closed-domain tasks need)?
-    t0 = time.time()
     if p.copy_probe_stories:
+        t0 = time.time()
         results["copying"] = copy_probe(
             {s.name: s.path for s in specs if s.kind != "prompted"}, world.universe,
             n=p.copy_probe_stories, seed=cfg.seed, template=template)
