@@ -5,9 +5,10 @@
 
 Probes the run's base model (pretrain/final), its SFT model and its last PPO / PPO-ptx policies
 (or any HF causal LMs given with --model) with rlhf.eval.copying: a source text states a town, a
-number and a food; the greedy next token at the place where the continuation restates them must
-be that detail. A model at chance cannot summarise, answer from, or rewrite a text without
-inventing details (closed-domain hallucination), and a few-shot prompt cannot help it.
+number, a food, a person met and the animals seen; the greedy next token at the place where the
+continuation restates each must be that detail. A model at chance cannot summarise, answer
+from, or rewrite a text without inventing details (closed-domain hallucination), and a few-shot
+prompt cannot help it.
 Prints a table and writes JSON.
 """
 

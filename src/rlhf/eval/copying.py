@@ -6,13 +6,16 @@ and a few-shot prompt cannot teach it anything. This probe measures the skill di
 source text states a detail, a continuation restates the story up to the detail, and the
 model's greedy next token must be that detail (one forward pass per left-padded batch).
 
-Two shapes, each with three details (town after "went to", number after "bought", food after
-"bought <number>"):
+Two shapes, each with five details (town after "went to", number after "bought", food after
+"bought <number>", the person met after "met", the animals after "saw <number>"):
 
 - `prose`: plain text, the shape of a pretraining corpus ("..., bought four carrots at the
-  market. Later, Tom told Kate that he went to Pinecrest, bought" -> "four");
+  market. ... Later, Tom told Kate that he went to Pinecrest, bought" -> "four");
 - `chat`:  the same source as a summarisation prompt in the SFT template
   ("User: Summarize ...\\nText: ...\\nAssistant: Tom went to Pinecrest, bought" -> "four").
+
+The first three follow the most frequent phrases of the demonstrations; the last two are the
+details a model that learned only those phrases still invents ("met Tom" -> "met Dan").
 
 Chance is 1 / (number of values the detail can take). Cases come from one seeded stream.
 """
@@ -30,35 +33,40 @@ from rlhf.models.lm import context_length, position_ids_from_mask
 from rlhf.world import lexicon as lx
 from rlhf.world.universe import Universe
 
-DETAILS: dict[str, tuple[str, ...]] = {"town": tuple(lx.TOWNS), "number": tuple(lx.NUMBERS),
-                                       "food": tuple(lx.COUNTABLE_FOODS)}
+DETAILS: dict[str, tuple[str, ...]] = {
+    "town": tuple(lx.TOWNS), "number": tuple(lx.NUMBERS), "food": tuple(lx.COUNTABLE_FOODS),
+    "name": tuple(lx.PEOPLE), "animal": tuple(s.plural for s in lx.SPECIES)}
 SHAPES: tuple[str, ...] = ("prose", "chat")
 
 
 def copy_cases(u: Universe, n: int, seed: int = 0,
                template: str = DEFAULT_TEMPLATE) -> list[dict]:
-    """n stories x 2 shapes x 3 details: {"shape", "detail", "prefix", "answer"}."""
+    """n stories x 2 shapes x 5 details: {"shape", "detail", "prefix", "answer"}."""
     rng = random.Random(f"copy-probe:{seed}")
     cases = []
     for _ in range(n):
         p = u.people[rng.choice(sorted(u.people))]
-        friend = rng.choice([q for q in sorted(u.people) if q != p.name])
-        town = rng.choice([t for t in sorted(u.towns) if t != p.town])
-        num, food = rng.choice(lx.NUMBERS), rng.choice(lx.COUNTABLE_FOODS)
+        friend, met = rng.sample([q for q in sorted(u.people) if q != p.name], 2)
+        town = u.towns[rng.choice([t for t in sorted(u.towns) if t != p.town])]
+        num, many = rng.sample(lx.NUMBERS, 2)
+        food, animals = rng.choice(lx.COUNTABLE_FOODS), rng.choice(lx.SPECIES).plural
         pr = p.pronoun
-        source = f"{p.name} went to {town}. {pr.capitalize()} bought {num} {food} at the market."
+        source = (f"{p.name} went to {town.name}. {pr.capitalize()} bought {num} {food} at the "
+                  f"market. {pr.capitalize()} met {met} by the {town.river} River. "
+                  f"{pr.capitalize()} saw {many} {animals} near the old {town.landmark}.")
         heads = {
             "prose": f"One day, {source} Later, {p.name} told {friend} that {pr} ",
             "chat": template.format(prompt="Summarize the text in one sentence.\nText: On "
                                     f"{rng.choice(lx.DAYS)}, {source}") + f" {p.name} ",
         }
         for shape, head in heads.items():
-            for detail, prefix, answer in (
-                    ("town", f"{head}went to", town),
-                    ("number", f"{head}went to {town}, bought", num),
-                    ("food", f"{head}went to {town}, bought {num}", food)):
-                cases.append({"shape": shape, "detail": detail, "prefix": prefix,
+            said = f"{head}went to"
+            for detail, answer, then in (
+                    ("town", town.name, ", bought"), ("number", num, ""), ("food", food, ", met"),
+                    ("name", met, f" and saw {many}"), ("animal", animals, "")):
+                cases.append({"shape": shape, "detail": detail, "prefix": said,
                               "answer": answer})
+                said = f"{said} {answer}{then}"
     return cases
 
 

@@ -306,10 +306,10 @@ def summary_text(results: dict) -> str:
     cp = results.get("copying") or {}
     if cp.get("models"):
         chance = cp.get("chance") or {}
-        lines.append("Copies a detail from its context (town/number/food; chance "
-                     + "/".join(_pct(chance.get(d)) for d in ("town", "number", "food")) + "): "
+        lines.append(f"Copies a detail from its context ({'/'.join(chance)}; chance "
+                     + "/".join(_pct(p) for p in chance.values()) + "): "
                      + "; ".join(f"{n} " + "/".join(_pct(c.get("chat", {}).get(d))
-                                                   for d in ("town", "number", "food"))
+                                                   for d in chance)
                                  for n, c in cp["models"].items()))
     fit = results.get("kl_fit") or {}
     ks = results.get("kl_summary") or {}
