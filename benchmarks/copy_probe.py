@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, help="a pipeline run folder (runs/demo)")
     ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH")
-    ap.add_argument("--n", type=int, default=100, help="stories (x 2 shapes x 3 details)")
+    ap.add_argument("--n", type=int, default=100, help="stories (x 2 shapes x 5 details)")
     ap.add_argument("--seed", type=int, default=0, help="world seed and case stream")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/copy_probe.json"))
     args = ap.parse_args(argv)

@@ -3,6 +3,8 @@ copier maxes out and a model that ignores its context does not."""
 
 from __future__ import annotations
 
+import json
+
 from types import SimpleNamespace
 
 import pytest
@@ -82,3 +84,26 @@ def test_copy_probe_loads_each_path_once_and_the_summary_reports_it(tmp_path):
     assert 0.0 <= res["models"]["base"]["chat"]["number"] <= 1.0
     text = summary_text({"models": {}, "copying": res})
     assert "Copies a detail from its context" in text and "base_again" in text
+
+
+def test_copy_formation_benchmark_tracks_the_probe_through_pretraining(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from helpers import write_corpus
+
+    path = Path(__file__).parents[1] / "benchmarks" / "copy_formation.py"
+    spec = importlib.util.spec_from_file_location("copy_formation", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    corpus = write_corpus(tmp_path / "c.txt", 100)
+    out = bench.main(["--config", str(path.parents[1] / "configs" / "quick.yaml"),
+                      "--corpus", str(corpus), "--every", "2", "--n", "2",
+                      "--set", "pretrain.max_steps=5", "--set", "pretrain.epochs=50", "--set", "pretrain.model.n_layer=1",
+                      "--set", "pretrain.model.vocab_size=300",
+                      "--out", str(tmp_path / "cf.json")])
+    assert [c["step"] for c in out["curve"]] == [2, 4, 5]
+    keys = {f"{s}/{d}" for s in SHAPES for d in DETAILS}
+    assert all(keys <= set(c) and all(0.0 <= c[k] <= 1.0 for k in keys) for c in out["curve"])
+    assert set(out["first_step"]) == keys
+    assert json.loads((tmp_path / "cf.json").read_text())["curve"] == out["curve"]

@@ -121,6 +121,28 @@ def test_pretrain_writes_model_and_perplexity(tmp_path):
     assert tok.pad_token_id != tok.eos_token_id
 
 
+def test_pretrain_logs_a_callers_probe_at_each_evaluation(tmp_path):
+    from rlhf.train.pretrain import pretrain
+    corpus = write_corpus(tmp_path / "c.txt", 200)
+    cfg = load_config(overrides=[f"pretrain.train_files=[{corpus}]", "pretrain.model.n_layer=1",
+                                 "pretrain.model.vocab_size=300", "pretrain.model.n_embd=32",
+                                 "pretrain.batch_size=8", "pretrain.block_size=32",
+                                 "pretrain.eval_every=2", "pretrain.max_steps=5"])
+    seen = []
+
+    def probe(model, tokenizer):
+        seen.append(model.training)
+        model.eval()                                   # the recipe restores the training mode
+        return {"norm": float(sum(p.norm() for p in model.parameters()))}
+
+    s = pretrain(cfg, tmp_path / "pre", probe=probe)
+    rows = [json.loads(x) for x in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
+    logged = [(r["step"], r["valid/norm"]) for r in rows if "valid/norm" in r]
+    assert [st for st, _ in logged] == [2, 4, 5] and len({v for _, v in logged}) == 3
+    assert s["valid_norm"] == logged[-1][1] and "valid_ppl" not in s   # no valid_files
+    assert seen == [True, True, True]                  # training mode back after each probe
+
+
 @pytest.mark.parametrize("override,key", [("sft.lrr=1", "sft.lrr"),
                                           ("sft.epochs=many", "sft.epochs"),
                                           ("ppo.beta_kl=[1]", "ppo.beta_kl")])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -37,7 +38,11 @@ def perplexity(model, tokenizer, files: list[str], block_size: int, micro_batch_
 
 
 def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
-             halt_after: int | None = None) -> dict:
+             halt_after: int | None = None,
+             probe: Callable[[torch.nn.Module, object], dict] | None = None) -> dict:
+    """`probe(model, tokenizer) -> {name: number}` adds held-out metrics of the caller's to each
+    evaluation (every `eval_every` steps), logged as `valid/<name>` (e.g. the copy probe:
+    benchmarks/copy_formation.py)."""
     dist.init()
     dist.seed_everything(cfg.seed)
     p = cfg.pretrain
@@ -68,8 +73,13 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
     micro = p.micro_batch_size or max(1, p.batch_size // dist.world_size())
 
     def on_eval(step: int) -> dict:
-        return {"valid/ppl": math.exp(evaluate_nll(model, valid, collate_blocks, micro))} \
+        out = {"valid/ppl": math.exp(evaluate_nll(model, valid, collate_blocks, micro))} \
             if valid else {}
+        if probe is not None:
+            was_training = model.training
+            out.update({f"valid/{k}": v for k, v in probe(model, tokenizer).items()})
+            model.train(was_training)
+        return out
 
     metrics = fit(model, tokenizer, train, collate_blocks, p, epochs=p.epochs, run=run,
                   seed=cfg.seed, resume=resume, save_every=p.save_every, halt_after=halt_after,
@@ -80,9 +90,10 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
     if metrics["step"] < metrics["total_steps"]:
         run.close()
         return {**summary, "halted": True}
-    if valid:
-        summary["valid_ppl"] = on_eval(metrics["step"])["valid/ppl"]
-        run.log(metrics["step"], {"valid/ppl": summary["valid_ppl"]})
+    if valid or probe is not None:
+        final = on_eval(metrics["step"])
+        summary.update({k.replace("valid/", "valid_"): v for k, v in final.items()})
+        run.log(metrics["step"], final)
     save_checkpoint(out / "final", model, tokenizer)
     summary["model"] = str(out / "final")
     run.finish(summary)
