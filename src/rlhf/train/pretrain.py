@@ -73,13 +73,13 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
     micro = p.micro_batch_size or max(1, p.batch_size // dist.world_size())
 
     def on_eval(step: int) -> dict:
-        out = {"valid/ppl": math.exp(evaluate_nll(model, valid, collate_blocks, micro))} \
+        res = {"valid/ppl": math.exp(evaluate_nll(model, valid, collate_blocks, micro))} \
             if valid else {}
         if probe is not None:
             was_training = model.training
-            out.update({f"valid/{k}": v for k, v in probe(model, tokenizer).items()})
+            res.update({f"valid/{k}": v for k, v in probe(model, tokenizer).items()})
             model.train(was_training)
-        return out
+        return res
 
     metrics = fit(model, tokenizer, train, collate_blocks, p, epochs=p.epochs, run=run,
                   seed=cfg.seed, resume=resume, save_every=p.save_every, halt_after=halt_after,
