@@ -11,6 +11,7 @@ earlier in the text is what every closed-domain task needs, and in small models 
 abruptly (an induction head forms), so the figure that matters is the first step at which each
 detail is copied (accuracy >= 0.9); the benchmark prints the curve and that step per detail and
 writes JSON. Use it to compare corpora, architectures and schedules before a full pipeline run.
+One process (not under torchrun); chat-shape cases use the config's `ppo.prompt_template`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,23 @@ import torch
 THRESHOLD = 0.9
 
 
+def first_step(curve: list[dict], keys: list[str], threshold: float = THRESHOLD) -> dict:
+    """{key: the first step whose value is >= threshold, or None} over a step-sorted curve."""
+    return {k: next((c["step"] for c in curve if c[k] >= threshold), None) for k in keys}
+
+
+def probe_curve(rows: list[dict]) -> list[dict]:
+    """metrics.jsonl rows -> [{"step", "<shape>/<detail>": accuracy, ["ppl"]}], one per step
+    (the last row logged for a step wins), sorted by step."""
+    by_step: dict[int, dict] = {}
+    for r in rows:
+        copy = {k[len("valid/copy/"):]: v for k, v in r.items() if k.startswith("valid/copy/")}
+        if copy:
+            by_step[r["step"]] = {"step": r["step"], **copy,
+                                  **({"ppl": r["valid/ppl"]} if "valid/ppl" in r else {})}
+    return [by_step[s] for s in sorted(by_step)]
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
@@ -41,9 +59,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--keep", type=Path, help="keep the pretraining run here")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/copy_formation.json"))
     args = ap.parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        ap.error("runs in one process: start it with python, not torchrun")
 
     from rlhf.config import load_config
     from rlhf.eval.copying import DETAILS, SHAPES, copy_accuracy, copy_cases
+    from rlhf.runs import read_metrics
     from rlhf.train.pretrain import pretrain
     from rlhf.world.universe import Universe
     from rlhf.world.world import build_world
@@ -59,7 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
             str(work / "world/pretrain/valid.txt")]
     cfg = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(
         update={"train_files": files, "valid_files": valid})})
-    cases = copy_cases(Universe(cfg.seed), args.n, seed=cfg.seed)
+    cases = copy_cases(Universe(cfg.seed), args.n, seed=cfg.seed,
+                       template=cfg.ppo.prompt_template)
 
     def probe(model, tokenizer) -> dict:
         res = copy_accuracy(model, tokenizer, cases)
@@ -68,13 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     summary = pretrain(cfg, work / "pretrain", probe=probe)
     seconds = round(time.time() - t0, 1)
-    rows = [json.loads(line) for line in (work / "pretrain/metrics.jsonl").read_text().splitlines()]
-    curve = [{"step": r["step"], **{k[len("valid/copy/"):]: v for k, v in r.items()
-                                    if k.startswith("valid/copy/")},
-              **({"ppl": r["valid/ppl"]} if "valid/ppl" in r else {})}
-             for r in rows if any(k.startswith("valid/copy/") for k in r)]
+    curve = probe_curve(read_metrics(work / "pretrain"))
     keys = [f"{s}/{d}" for s in SHAPES for d in DETAILS]
-    first = {k: next((c["step"] for c in curve if c[k] >= THRESHOLD), None) for k in keys}
+    first = first_step(curve, keys)
     print(f"{'step':>6s} " + " ".join(f"{k:>{len(k)}}" for k in keys))
     for c in curve:
         print(f"{c['step']:6d} " + " ".join(f"{c[k]:{len(k)}.2f}" for k in keys))

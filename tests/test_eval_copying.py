@@ -4,6 +4,7 @@ copier maxes out and a model that ignores its context does not."""
 from __future__ import annotations
 
 import json
+import re
 
 from types import SimpleNamespace
 
@@ -56,7 +57,13 @@ def test_cases_ask_for_a_detail_stated_earlier(setup):
     cases, _ = setup
     assert len(cases) == 20 * len(SHAPES) * len(DETAILS)
     for c in cases:
-        assert c["answer"] in c["prefix"]                        # it can be copied ...
+        source = (c["prefix"].split(" Later,")[0] if c["shape"] == "prose"
+                  else c["prefix"].split("Text: ")[1].split("\nAssistant:")[0])
+        said = re.findall(r"\b\w+\b", source)
+        assert said.count(c["answer"]) == 1                      # stated once: it can be copied
+        others = [w for w in said if w in DETAILS[c["detail"]] and w != c["answer"]]
+        # a second person and a second number, never a second value of the other details
+        assert len(others) == (1 if c["detail"] in ("name", "number") else 0), (c, others)
         assert not c["prefix"].rstrip().endswith(c["answer"])    # ... and is the next word
         assert c["answer"] in DETAILS[c["detail"]]
     chat = [c for c in cases if c["shape"] == "chat"]
@@ -76,6 +83,37 @@ def test_a_perfect_copier_scores_one_and_a_context_blind_model_chance_or_less(se
     assert low["chance"]["number"] == pytest.approx(1 / len(DETAILS["number"]), abs=1e-4)
 
 
+class Lookahead(InductionOracle):
+    """Reads the next input token (a perfect teacher-forced predictor), optionally wrong at
+    the position that predicts the last token or at the first five positions."""
+
+    def __init__(self, vocab: int, wrong: str = ""):
+        super().__init__(vocab)
+        self.wrong = wrong
+
+    def forward(self, input_ids, attention_mask, **kw):
+        pred = input_ids.roll(-1, dims=1)
+        if self.wrong == "last":
+            pred[:, -2] = (pred[:, -2] + 1) % self.vocab
+        if self.wrong == "context":
+            pred[:, :5] = (pred[:, :5] + 1) % self.vocab
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(pred, self.vocab).float())
+
+
+def test_every_token_of_a_multi_token_answer_must_be_right(setup):
+    cases, _ = setup
+    # a small vocabulary splits most towns, names and animals into several tokens
+    tok = train_tokenizer([c["prefix"] + " " + c["answer"] for c in copy_cases(Universe(0), 50)],
+                          300)
+    lengths = [len(tok(" " + c["answer"], add_special_tokens=False)["input_ids"]) for c in cases]
+    assert max(lengths) >= 3 and sum(n > 1 for n in lengths) > len(cases) / 2
+    assert copy_accuracy(Lookahead(len(tok)), tok, cases, batch_size=7)["accuracy"] == 1.0
+    assert copy_accuracy(Lookahead(len(tok), "context"), tok, cases, batch_size=7)[
+        "accuracy"] == 1.0                                      # only the answer is scored
+    assert copy_accuracy(Lookahead(len(tok), "last"), tok, cases, batch_size=7)[
+        "accuracy"] == 0.0                                      # ... all of it
+
+
 def test_copy_probe_loads_each_path_once_and_the_summary_reports_it(tmp_path):
     path = str(tiny_lm(tmp_path))
     res = copy_probe({"base": path, "base_again": path}, Universe(0), n=4, seed=1)
@@ -83,7 +121,10 @@ def test_copy_probe_loads_each_path_once_and_the_summary_reports_it(tmp_path):
     assert res["models"]["base"] is res["models"]["base_again"]
     assert 0.0 <= res["models"]["base"]["chat"]["number"] <= 1.0
     text = summary_text({"models": {}, "copying": res})
-    assert "Copies a detail from its context" in text and "base_again" in text
+    assert "Copies a detail from its context (town/number/food/name/animal;" in text
+    assert "base_again" in text
+    res.pop("chance")                                           # older report.json files
+    assert "(town/number/food/name/animal;" in summary_text({"models": {}, "copying": res})
 
 
 def test_copy_formation_benchmark_tracks_the_probe_through_pretraining(tmp_path):
@@ -106,4 +147,14 @@ def test_copy_formation_benchmark_tracks_the_probe_through_pretraining(tmp_path)
     keys = {f"{s}/{d}" for s in SHAPES for d in DETAILS}
     assert all(keys <= set(c) and all(0.0 <= c[k] <= 1.0 for k in keys) for c in out["curve"])
     assert set(out["first_step"]) == keys
+    # the curve keeps one row per step (the last logged), in step order; first_step reads it
+    rows = [{"step": 4, "valid/copy/prose/town": 0.95, "valid/ppl": 3.0},
+            {"step": 2, "valid/copy/prose/town": 0.5}, {"step": 3, "train/loss": 1.0},
+            {"step": 4, "valid/copy/prose/town": 0.85}, {"step": 6, "valid/copy/prose/town": 1.0}]
+    curve = bench.probe_curve(rows)
+    assert curve == [{"step": 2, "prose/town": 0.5}, {"step": 4, "prose/town": 0.85},
+                     {"step": 6, "prose/town": 1.0}]
+    assert bench.first_step(curve, ["prose/town"]) == {"prose/town": 6}
+    assert bench.first_step(curve, ["prose/town"], 0.8) == {"prose/town": 4}
+    assert bench.first_step(curve[:2], ["prose/town"]) == {"prose/town": None}
     assert json.loads((tmp_path / "cf.json").read_text())["curve"] == out["curve"]

@@ -131,7 +131,7 @@ def test_pretrain_logs_a_callers_probe_at_each_evaluation(tmp_path):
     seen = []
 
     def probe(model, tokenizer):
-        seen.append(model.training)
+        seen.append((model.training, torch.is_grad_enabled()))
         model.eval()                                   # the recipe restores the training mode
         return {"norm": float(sum(p.norm() for p in model.parameters()))}
 
@@ -140,7 +140,13 @@ def test_pretrain_logs_a_callers_probe_at_each_evaluation(tmp_path):
     logged = [(r["step"], r["valid/norm"]) for r in rows if "valid/norm" in r]
     assert [st for st, _ in logged] == [2, 4, 5] and len({v for _, v in logged}) == 3
     assert s["valid_norm"] == logged[-1][1] and "valid_ppl" not in s   # no valid_files
-    assert seen == [True, True, True]                  # training mode back after each probe
+    assert seen == [(True, False)] * 3                 # training mode back after each probe
+    cfg = load_config(overrides=[f"pretrain.train_files=[{corpus}]", "pretrain.model.n_layer=1",
+                                 f"pretrain.valid_files=[{corpus}]", "pretrain.max_steps=1",
+                                 "pretrain.model.vocab_size=300", "pretrain.model.n_embd=32",
+                                 "pretrain.batch_size=8", "pretrain.block_size=32"])
+    with pytest.raises(UserError, match=r"valid/ppl.*collide"):
+        pretrain(cfg, tmp_path / "pre2", probe=lambda m, t: {"ppl": 1.0})
 
 
 @pytest.mark.parametrize("override,key", [("sft.lrr=1", "sft.lrr"),

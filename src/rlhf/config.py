@@ -190,7 +190,7 @@ class PipelineConfig(Section):
     ppo_iterations_later_rounds: int | None = None  # default: same as ppo.iterations
     eval_prompts: int | None = None # test prompts evaluated (None = all)
     curve_prompts: int = 48         # prompts for the proxy/gold-vs-sqrt(KL) curve per checkpoint
-    copy_probe_stories: int = 50    # stories for the copy probe (x 2 shapes x 3 details); 0: off
+    copy_probe_stories: int = 50    # stories for the copy probe (x 2 shapes x 5 details); 0: off
 
 
 class Config(Section):

@@ -1,10 +1,11 @@
 """Can a model copy a detail from its context? The skill every closed-domain task needs.
 
-A summary, an answer "using only the text" or a rewrite must repeat the source's town, number
-and food; a model that cannot copy writes plausible ones instead (closed-domain hallucination),
-and a few-shot prompt cannot teach it anything. This probe measures the skill directly: a short
-source text states a detail, a continuation restates the story up to the detail, and the
-model's greedy next token must be that detail (one forward pass per left-padded batch).
+A summary, an answer "using only the text" or a rewrite must repeat the source's towns,
+numbers, foods, people and animals; a model that cannot copy writes plausible ones instead
+(closed-domain hallucination), and a few-shot prompt cannot teach it anything. This probe
+measures the skill directly: a short source text states each detail once, a continuation
+restates the story up to a detail, and the model's greedy continuation must be that detail,
+every token of it (teacher-forced: one forward pass per left-padded batch).
 
 Two shapes, each with five details (town after "went to", number after "bought", food after
 "bought <number>", the person met after "met", the animals after "saw <number>"):
@@ -14,8 +15,10 @@ Two shapes, each with five details (town after "went to", number after "bought",
 - `chat`:  the same source as a summarisation prompt in the SFT template
   ("User: Summarize ...\\nText: ...\\nAssistant: Tom went to Pinecrest, bought" -> "four").
 
-The first three follow the most frequent phrases of the demonstrations; the last two are the
-details a model that learned only those phrases still invents ("met Tom" -> "met Dan").
+The source also names a second person and a second number, so a model that copies "the
+number in the text" rather than the one after "bought" is not rewarded. A model can learn
+to copy some of these slots and not others: which ones it copies says whether it learned
+copying or only the phrases its training data repeats.
 
 Chance is 1 / (number of values the detail can take). Cases come from one seeded stream.
 """
@@ -72,8 +75,9 @@ def copy_cases(u: Universe, n: int, seed: int = 0,
 
 @torch.no_grad()
 def copy_accuracy(model, tokenizer, cases: list[dict], batch_size: int = 64) -> dict:
-    """Greedy next-token accuracy on the cases: overall, per shape and per shape/detail, with
-    the chance level of each detail."""
+    """Accuracy on the cases (a hit: greedy decoding after the prefix reproduces every token of
+    the answer): overall, per shape and per shape/detail, with the chance level of each
+    detail."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -82,15 +86,20 @@ def copy_accuracy(model, tokenizer, cases: list[dict], batch_size: int = 64) -> 
     hits: dict[tuple[str, str], list[bool]] = defaultdict(list)
     for i in range(0, len(cases), batch_size):
         chunk = cases[i:i + batch_size]
-        # the end of a prefix longer than the context is what matters
-        ids, mask = left_pad([tokenizer(c["prefix"], add_special_tokens=False)["input_ids"][-ctx:]
-                              for c in chunk], pad)
+        answers = [tokenizer(" " + c["answer"], add_special_tokens=False)["input_ids"]
+                   for c in chunk]
+        # prefix + answer, teacher-forced; the end of a text longer than the context matters
+        ids, mask = left_pad([(tokenizer(c["prefix"], add_special_tokens=False)["input_ids"]
+                               + a)[-ctx:] for c, a in zip(chunk, answers)], pad)
         ids, mask = ids.to(device), mask.to(device)
         pred = model(input_ids=ids, attention_mask=mask,
-                     position_ids=position_ids_from_mask(mask)).logits[:, -1].argmax(-1)
-        for c, token in zip(chunk, pred.tolist()):
-            want = tokenizer(" " + c["answer"], add_special_tokens=False)["input_ids"][0]
-            hits[(c["shape"], c["detail"])].append(token == want)
+                     position_ids=position_ids_from_mask(mask)).logits.argmax(-1)
+        right = pred[:, :-1] == ids[:, 1:]                  # position j predicts token j + 1
+        n_ans = torch.tensor([len(a) for a in answers], device=device)
+        t = ids.shape[1] - 1
+        in_answer = torch.arange(t, device=device)[None, :] >= (t - n_ans)[:, None]
+        for c, hit in zip(chunk, (right | ~in_answer).all(-1).tolist()):
+            hits[(c["shape"], c["detail"])].append(hit)
     model.train(was_training)
 
     def rate(groups: list[list[bool]]) -> float:

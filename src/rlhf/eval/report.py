@@ -306,10 +306,12 @@ def summary_text(results: dict) -> str:
     cp = results.get("copying") or {}
     if cp.get("models"):
         chance = cp.get("chance") or {}
-        lines.append(f"Copies a detail from its context ({'/'.join(chance)}; chance "
-                     + "/".join(_pct(p) for p in chance.values()) + "): "
+        details = list(chance) or [d for d in next(iter(cp["models"].values())).get("chat", {})
+                                   if d != "accuracy"]
+        lines.append(f"Copies a detail from its context ({'/'.join(details)}; chance "
+                     + "/".join(_pct(chance.get(d)) for d in details) + "): "
                      + "; ".join(f"{n} " + "/".join(_pct(c.get("chat", {}).get(d))
-                                                   for d in chance)
+                                                   for d in details)
                                  for n, c in cp["models"].items()))
     fit = results.get("kl_fit") or {}
     ks = results.get("kl_summary") or {}

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from rlhf.config import Config, dump_config
+from rlhf.errors import UserError
 from rlhf.data.text import pack_blocks, read_documents
 from rlhf.models import build_tiny_model, load_model, load_tokenizer, train_tokenizer
 from rlhf.runs import Run
@@ -41,8 +42,9 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
              halt_after: int | None = None,
              probe: Callable[[torch.nn.Module, object], dict] | None = None) -> dict:
     """`probe(model, tokenizer) -> {name: number}` adds held-out metrics of the caller's to each
-    evaluation (every `eval_every` steps), logged as `valid/<name>` (e.g. the copy probe:
-    benchmarks/copy_formation.py)."""
+    evaluation (every `eval_every` steps and at the end), logged as `valid/<name>` and returned
+    as `valid_<name>` (e.g. the copy probe: benchmarks/copy_formation.py). It runs without
+    gradients on every rank (rank 0's values are logged), so it must not use collectives."""
     dist.init()
     dist.seed_everything(cfg.seed)
     p = cfg.pretrain
@@ -77,8 +79,13 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
             if valid else {}
         if probe is not None:
             was_training = model.training
-            res.update({f"valid/{k}": v for k, v in probe(model, tokenizer).items()})
+            with torch.no_grad():
+                extra = {f"valid/{k}": v for k, v in probe(model, tokenizer).items()}
             model.train(was_training)
+            if extra.keys() & res.keys():
+                raise UserError(f"the probe's metrics {sorted(extra.keys() & res.keys())} "
+                                "collide with the recipe's", field="probe")
+            res.update(extra)
         return res
 
     metrics = fit(model, tokenizer, train, collate_blocks, p, epochs=p.epochs, run=run,
@@ -92,7 +99,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
         return {**summary, "halted": True}
     if valid or probe is not None:
         final = on_eval(metrics["step"])
-        summary.update({k.replace("valid/", "valid_"): v for k, v in final.items()})
+        summary.update({"valid_" + k[len("valid/"):]: v for k, v in final.items()})
         run.log(metrics["step"], final)
     save_checkpoint(out / "final", model, tokenizer)
     summary["model"] = str(out / "final")
