@@ -5,8 +5,8 @@
 
 Probes the run's base model (pretrain/final), its SFT model and its last PPO / PPO-ptx policies
 (or any HF causal LMs given with --model) with rlhf.eval.copying: a source text states a town, a
-number, a food, a person met and the animals seen; the greedy next token at the place where the
-continuation restates each must be that detail. A model at chance cannot summarise, answer
+number, a food, a person met and the animals seen; where the continuation restates each,
+greedy decoding must reproduce it, every token of it. A model at chance cannot summarise, answer
 from, or rewrite a text without inventing details (closed-domain hallucination), and a few-shot
 prompt cannot help it.
 Prints a table and writes JSON.

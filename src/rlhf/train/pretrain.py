@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 
 from rlhf.config import Config, dump_config
-from rlhf.errors import UserError
 from rlhf.data.text import pack_blocks, read_documents
+from rlhf.errors import UserError
 from rlhf.models import build_tiny_model, load_model, load_tokenizer, train_tokenizer
 from rlhf.runs import Run
 from rlhf.train import dist
