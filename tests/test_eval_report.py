@@ -88,6 +88,27 @@ def test_summary_text():
     for name in ("base_prompted", "ppo_ptx_r1", "Labeler agreement", "TruthfulQA", "gold vs √KL"):
         assert name in text
     assert "60.0%" in text and "[30.0%, 90.0%]" in text
+    assert "Ceiling" not in text and "RM: accuracy=0.6600" in text
+
+
+def test_summary_and_plot_show_the_ceiling_and_rm_beside_labeler_agreement(tmp_path):
+    res = fake_results()
+    res["ceiling"] = {"name": "gold writer", "win_rate": 0.7, "ci": [0.64, 0.75], "wins": 6,
+                      "ties": 2, "losses": 2, "gold": {"score": 1.0}}
+    res["rm"] = {"accuracy": 0.55, "rounds": [
+        {"round": 1, "valid": {"accuracy": 0.53, "train_labelers/accuracy": 0.54,
+                               "heldout_labelers/accuracy": 0.52},
+         "labeler_agreement": {"agreement": 0.64, "ci": [0.62, 0.66], "pairs": 2400}},
+        {"round": 2, "valid": {"accuracy": 0.56}}]}
+    text = summary_text(res)
+    assert ("Ceiling: gold writer (gold 1.000) wins 70.0% [64.0%, 75.0%] against sft with the "
+            "same labelers (W/T/L 6/2/2)") in text
+    assert ("RM round 1: held-out accuracy 53.0% (training labelers 54.0%, held-out labelers "
+            "52.0%); two labelers agree on 64.0% of the same pairs (+11.0 points)") in text
+    assert "RM round 2: held-out accuracy 56.0%\n" in text
+    write_report(res, tmp_path)
+    assert "Ceiling: the best answers" in (tmp_path / "report.html").read_text()
+    assert _strict_json(tmp_path / "report.json")["ceiling"]["win_rate"] == 0.7
     assert json_safe({"a": np.float32(1.5), "b": [float("inf")], "c": np.int64(3)}) == \
         {"a": 1.5, "b": [None], "c": 3}
 

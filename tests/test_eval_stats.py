@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rlhf.eval.judging import (compare_by_judge, compare_to_reference, judge_responses,
-                               labeler_agreement, rate_responses)
+                               labeler_agreement, paired_agreement, rate_responses)
 from rlhf.eval.overopt import fit_gao, fit_kl_curve, gao_curve, kl_curve_from_metrics
 from rlhf.eval.stats import (fit_logistic, length_controlled_win_rate, normal_ci,
                              wilson_interval, win_rate_ci)
@@ -183,6 +183,20 @@ def test_labeler_agreement():
         "agreement"] == 1.0
     out = labeler_agreement(["p", "q"], resp, [Fixed(1, False), Fixed(2, True)])
     assert out["agreement"] == 0.0 and out["pairs"] == 4
+
+
+def test_paired_agreement_counts_pairs_both_rankings_order():
+    row = {"prompt": "p", "responses": ["a", "b", "c"]}
+    first = [{**row, "ranking": [[0], [1], [2]]}, {**row, "ranking": [[0, 1], [2]]}]
+    second = [{**row, "ranking": [[1], [0], [2]]}, {**row, "ranking": [[0], [1], [2]]}]
+    out = paired_agreement(first, second)
+    # row 1: (0,1) disagree, (0,2) and (1,2) agree; row 2: (0,1) tied in the first, left out
+    assert out["pairs"] == 5 and out["agreement"] == pytest.approx(4 / 5)
+    assert out["prompts"] == 2 and out["ci"][0] < 0.8 < out["ci"][1]
+    with pytest.raises(ValueError, match="row 2"):
+        paired_agreement(first, [second[0], {**second[1], "responses": ["a", "b", "d"]}])
+    with pytest.raises(ValueError, match="rows"):
+        paired_agreement(first, second[:1])
 
 
 # --------------------------------------------------------------------------- Gao fit

@@ -47,6 +47,13 @@ def test_every_stage_finished_and_report_is_complete(quick_run):
     assert set(copying) == set(models) - {"base_prompted"}
     assert all(0.0 <= c["accuracy"] <= 1.0 and set(c) >= {"prose", "chat"}
                for c in copying.values())
+    ceiling = report["ceiling"]   # the gold writer's answers: gold score 1 everywhere
+    assert ceiling["gold"]["score"] == pytest.approx(1.0)
+    assert ceiling["ci"][0] <= ceiling["win_rate"] <= ceiling["ci"][1]
+    assert ceiling["wins"] + ceiling["ties"] + ceiling["losses"] == ceiling["n"]
+    for r in report["rm"]["rounds"]:   # labelers' agreement on the RM's own valid comparisons
+        ag = r["labeler_agreement"]
+        assert ag["pairs"] > 0 and ag["prompts"] > 0 and 0.0 <= ag["agreement"] <= 1.0
     html = (quick_run / "eval/report.html").read_text()
     for png in ("win_rate.png", "metadata.png", "ptx.png", "kl_curve.png"):
         assert png in html and (quick_run / "eval" / png).stat().st_size > 1000

@@ -275,3 +275,27 @@ def labeler_agreement(prompts: Sequence, responses: Sequence[Sequence[str]],
     lo, hi = wilson_interval(agree, total)
     return {"agreement": agree / total if total else None, "ci": [lo, hi], "pairs": total,
             "prompts": len(prompts)}
+
+
+def paired_agreement(first: Sequence[dict], second: Sequence[dict]) -> dict:
+    """Agreement between two rankings of the same samples, row by row: e.g. the training
+    labeler's and a held-out labeler's ranking of each RM validation prompt. This is the rate a
+    reward model's held-out accuracy is compared with (paper §4.1: the RM predicts held-out
+    labelers' preferences about as well as they agree with each other), measured on the same
+    comparisons. Rows are Ranking records ({"prompt", "responses", "ranking"}) and must pair up:
+    same prompt, same responses. Over response pairs both rankings order strictly, the share
+    ordered the same way. Returns {"agreement", "ci": [lo, hi] (Wilson), "pairs", "prompts"}."""
+    from rlhf.labeling.stats import ranking_agreement
+
+    if len(first) != len(second):
+        raise ValueError(f"the two rankings have {len(first)} and {len(second)} rows")
+    agree = total = 0
+    for i, (a, b) in enumerate(zip(first, second)):
+        if a["prompt"] != b["prompt"] or a["responses"] != b["responses"]:
+            raise ValueError(f"row {i + 1}: the two rankings are of different samples")
+        x, y = ranking_agreement(a["ranking"], b["ranking"])
+        agree += x
+        total += y
+    lo, hi = wilson_interval(agree, total)
+    return {"agreement": agree / total if total else None, "ci": [lo, hi], "pairs": total,
+            "prompts": len(first)}

@@ -9,20 +9,36 @@ PPO temperature and scored by that round's RM (proxy) and the gold judge against
 Copying: every model's accuracy on the copy probe (rlhf.eval.copying), the skill that
 closed-domain answers need and the few-shot prompt relies on.
 The PPO runs' own metrics (objective/kl, objective/score) go to `kl_curve_train`.
+Ceiling: the world's gold writer's answers against SFT's, judged by the same labelers; labeler
+noise and ties keep even perfect answers well below 100 %. RM: each round's held-out accuracy
+sits beside the agreement of the two labelers who ranked the same validation samples.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from rlhf.eval.copying import copy_probe
 from rlhf.eval.harness import ModelSpec, evaluate_models, world_closed_domain
-from rlhf.eval.judging import labeler_agreement
+from rlhf.eval.judging import (compare_to_reference, judge_responses, labeler_agreement,
+                               paired_agreement)
 from rlhf.eval.overopt import (checkpoint_curve, fit_kl_curve, kl_curve_from_metrics,
                                ppo_checkpoints)
 from rlhf.eval.report import summary_text, write_report
+
+
+def _rm_agreement(r: dict) -> dict:
+    """How often two labelers (the training labeler who ranked an RM validation prompt and the
+    held-out labeler who ranked the same samples again) order a pair alike: the rate the RM's
+    held-out accuracy is measured against, on the same comparisons."""
+    a, b = r.get("rankings_valid"), r.get("rankings_valid_heldout")
+    if not (a and b and Path(a).exists() and Path(b).exists()):
+        return {}
+    rows = [[json.loads(x) for x in Path(f).read_text().splitlines() if x.strip()] for f in (a, b)]
+    return {"labeler_agreement": paired_agreement(*rows)}
 
 
 def evaluate_pipeline(cfg, world, pool, root: str | Path, *, base: str, sft: str,
@@ -65,8 +81,19 @@ def evaluate_pipeline(cfg, world, pool, root: str | Path, *, base: str, sft: str
     if rounds:
         results["rm"] = {k: v for k, v in (rounds[-1].get("rm_metrics") or {}).items()
                          if not isinstance(v, (dict, list))}
-        results["rm"]["rounds"] = [{"round": r["round"], **(r.get("rm_metrics") or {})}
-                                   for r in rounds]
+        results["rm"]["rounds"] = [{"round": r["round"], **(r.get("rm_metrics") or {}),
+                                    **_rm_agreement(r)} for r in rounds]
+
+    # the ceiling: the gold writer's answers (gold score 1 on every prompt) against SFT's, judged
+    # by the same held-out labelers: the best win rate any policy can reach with these labelers
+    t0 = time.time()
+    best = [world.good_response(q) for q in prompts]
+    results["ceiling"] = {
+        "name": "gold writer",
+        **compare_to_reference(prompts, best, responses["sft"], pool.heldout_labelers,
+                               seed=cfg.seed + 7919 * len(specs)),
+        "gold": judge_responses(prompts, best, world.judge, closed_domain=closed)}
+    timings["ceiling"] = round(time.time() - t0, 2)
 
     # can each model copy a detail from its context (what closed-domain tasks need)?
     if p.copy_probe_stories:

@@ -27,7 +27,13 @@ value that does not apply is null):
           "samples": [{"prompt", "category", "response"}, ...]   # a few examples
         }
       },
-      "rm": {...},                              # reward model metrics (accuracy, ...), free-form
+      "ceiling": {"name", "win_rate", "ci", "wins", "ties", "losses", ..., "gold": {...}},
+                                                # the best answers (e.g. the world's gold writer)
+                                                # against the reference, same labelers
+      "rm": {..., "rounds": [{"round", "valid": {"accuracy", ...},
+                              "labeler_agreement": {"agreement", "ci", "pairs"}}, ...]},
+                                                # reward model metrics, free-form; a round's
+                                                # agreement is on its own validation comparisons
       "labeler_agreement": {"train": {"agreement", "ci", "pairs"}, "heldout": {...}}
                            | {"agreement", "ci", "pairs"} | float,
       "copying": {"n_cases", "chance": {detail: p},            # rlhf.eval.copying
@@ -171,6 +177,10 @@ def plot_win_rates(results: dict, path: Path) -> Path | None:
                         fmt="o", mfc="white", color=c, capsize=3,
                         label="length-controlled" if i == 0 else None)
     ax.axhline(0.5, ls="--", color="k", lw=0.8)
+    top = _num((results.get("ceiling") or {}).get("win_rate"))
+    if top is not None:
+        ax.axhline(top, ls=":", color="tab:green", lw=1.2,
+                   label=f"ceiling: {results['ceiling'].get('name', 'best answers')}")
     ax.set_xticks(xs, [n for n, _ in models], rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"win rate against {results.get('reference', 'reference')}")
@@ -267,7 +277,8 @@ def plot_truthfulqa(results: dict, path: Path) -> Path | None:
 
 # --------------------------------------------------------------------------- text + html
 def summary_text(results: dict) -> str:
-    """A short fixed-width summary: one row per model, then RM, agreement and KL fit."""
+    """A short fixed-width summary: one row per model, then the ceiling, the RM beside the
+    labelers' agreement, agreement and KL fit."""
     ref = results.get("reference", "reference")
     lines = [f"Evaluation against {ref} (held-out labelers; win rate: ties count half, "
              f"95% Wilson CI)"]
@@ -290,8 +301,19 @@ def summary_text(results: dict) -> str:
     if tqa:
         lines.append("TruthfulQA MC1/MC2: " + "; ".join(
             f"{n} {_fmt(t.get('mc1'))}/{_fmt(t.get('mc2'))}" for n, t in tqa))
+    ceiling = results.get("ceiling")
+    if isinstance(ceiling, dict) and _num(ceiling.get("win_rate")) is not None:
+        gold = (ceiling.get("gold") or {}).get("score")
+        lines.append(f"Ceiling: {ceiling.get('name', 'best answers')} (gold {_fmt(gold, 3)}) wins "
+                     f"{_pct(ceiling['win_rate'])} {_ci(ceiling.get('ci'))} against {ref} with "
+                     f"the same labelers (W/T/L {ceiling.get('wins')}/{ceiling.get('ties')}/"
+                     f"{ceiling.get('losses')})")
     rm = results.get("rm")
-    if isinstance(rm, dict) and rm:
+    rm_rounds = [x for x in (rm or {}).get("rounds") or [] if isinstance(x, dict)] \
+        if isinstance(rm, dict) else []
+    if rm_rounds:
+        lines += [_rm_line(x) for x in rm_rounds]
+    elif isinstance(rm, dict) and rm:
         lines.append("RM: " + ", ".join(f"{k}={_fmt(v, 4) if _num(v) is not None else v}"
                                         for k, v in rm.items() if not isinstance(v, (dict, list))))
     ag = results.get("labeler_agreement")
@@ -334,6 +356,22 @@ def summary_text(results: dict) -> str:
     if t:
         lines.append("Timings: " + ", ".join(f"{k} {_fmt(v, 1)}s" for k, v in t.items()))
     return "\n".join(lines)
+
+
+def _rm_line(r: dict) -> str:
+    """One round's reward model: held-out pairwise accuracy beside the labelers' agreement on
+    the same comparisons."""
+    v = r.get("valid") or {}
+    text = f"RM round {r.get('round', '?')}: held-out accuracy {_pct(v.get('accuracy'))}"
+    if _num(v.get("heldout_labelers/accuracy")) is not None:
+        text += (f" (training labelers {_pct(v.get('train_labelers/accuracy'))}, held-out "
+                 f"labelers {_pct(v.get('heldout_labelers/accuracy'))})")
+    ag = (r.get("labeler_agreement") or {}).get("agreement")
+    if _num(ag) is not None:
+        text += f"; two labelers agree on {_pct(ag)} of the same pairs"
+        if _num(v.get("accuracy")) is not None:
+            text += f" ({100 * (ag - v['accuracy']):+.1f} points)"
+    return text
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}
@@ -398,7 +436,8 @@ def render_html(results: dict, plots: dict[str, str]) -> str:
             parts.append(_table(["prompt", "category", "response"],
                                 [[x.get("prompt", ""), x.get("category", ""),
                                   x.get("response", "")] for x in s]))
-    for key, title in (("rm", "Reward model"), ("labeler_agreement", "Labeler agreement"),
+    for key, title in (("ceiling", "Ceiling: the best answers against the reference"),
+                       ("rm", "Reward model"), ("labeler_agreement", "Labeler agreement"),
                        ("copying", "Copying a detail from the context (rlhf.eval.copying)"),
                        ("kl_fit", "Gao fit of score vs √KL"),
                        ("kl_summary", "Proxy vs gold along PPO"), ("timings", "Timings (s)"),
