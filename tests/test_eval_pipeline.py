@@ -34,8 +34,19 @@ def test_evaluate_pipeline_end_to_end(tmp_path):
     cfg = Config.model_validate({"pipeline": {"eval_prompts": 6, "curve_prompts": 3},
                                  "eval": {"max_new_tokens": 6}, "ppo": {"max_new_tokens": 6},
                                  "pretrain": {"block_size": 32}})
+    # round 2's validation samples, ranked by a training and by a held-out labeler
+    row = {"prompt": "p", "responses": ["a", "b", "c"]}
+    first, second, other = tmp_path / "v.jsonl", tmp_path / "vh.jsonl", tmp_path / "vx.jsonl"
+    first.write_text(json.dumps({**row, "ranking": [[0], [1], [2]]}) + "\n")
+    second.write_text(json.dumps({**row, "ranking": [[1], [0], [2]]}) + "\n")
+    other.write_text(json.dumps({**row, "responses": ["x", "y", "z"], "ranking": [[0], [1, 2]]})
+                     + "\n")
     rounds = [{"round": 1, "rm": str(rm_dir), "ppo": str(run / "final"),
-               "ppo_ptx": str(lm), "rm_metrics": {"valid": {"accuracy": 0.6}, "steps": 3}}]
+               "ppo_ptx": str(lm), "rm_metrics": {"valid": {"accuracy": 0.6}, "steps": 3}},
+              {"round": 2, "rm": str(rm_dir), "rm_metrics": {"valid": {"accuracy": 0.6}},
+               "rankings_valid": str(first), "rankings_valid_heldout": str(second)},
+              {"round": 3, "rm": str(rm_dir), "rm_metrics": {"valid": {"accuracy": 0.6}},
+               "rankings_valid": str(first), "rankings_valid_heldout": str(other)}]
     out = evaluate_pipeline(cfg, world, pool, tmp_path, base=str(lm), sft=str(lm),
                             rounds=rounds, fewshot=(tmp_path / "w" / "fewshot.txt").read_text(),
                             valid_text=[str(tmp_path / "w" / "pretrain" / "valid.txt")],
@@ -51,3 +62,10 @@ def test_evaluate_pipeline_end_to_end(tmp_path):
     assert rep["labeler_agreement"]["heldout"]["pairs"] >= 0
     assert (tmp_path / "eval" / "report.html").exists() and out["win_rate"]["ppo_r1"] == 0.5
     assert "rewrite" in rep["config"]["closed_domain"]
+    # the ceiling: the gold writer's answers, perfect by the gold judge, against SFT's
+    assert rep["ceiling"]["gold"]["score"] == pytest.approx(1.0)
+    assert rep["ceiling"]["n"] == 6 and 0.0 <= rep["ceiling"]["win_rate"] <= 1.0
+    r1, r2, r3 = rep["rm"]["rounds"]
+    assert "labeler_agreement" not in r1                   # no ranking files given
+    assert r2["labeler_agreement"]["agreement"] == pytest.approx(2 / 3)
+    assert "different samples" in r3["labeler_agreement"]["error"]   # reported, not raised

@@ -89,9 +89,12 @@ def test_summary_text():
         assert name in text
     assert "60.0%" in text and "[30.0%, 90.0%]" in text
     assert "Ceiling" not in text and "RM: accuracy=0.6600" in text
+    assert json_safe({"a": np.float32(1.5), "b": [float("inf")], "c": np.int64(3)}) == \
+        {"a": 1.5, "b": [None], "c": 3}
 
 
-def test_summary_and_plot_show_the_ceiling_and_rm_beside_labeler_agreement(tmp_path):
+def test_summary_and_plot_show_the_ceiling_and_rm_beside_labeler_agreement(tmp_path,
+                                                                            monkeypatch):
     res = fake_results()
     res["ceiling"] = {"name": "gold writer", "win_rate": 0.7, "ci": [0.64, 0.75], "wins": 6,
                       "ties": 2, "losses": 2, "gold": {"score": 1.0}}
@@ -103,14 +106,21 @@ def test_summary_and_plot_show_the_ceiling_and_rm_beside_labeler_agreement(tmp_p
     text = summary_text(res)
     assert ("Ceiling: gold writer (gold 1.000) wins 70.0% [64.0%, 75.0%] against sft with the "
             "same labelers (W/T/L 6/2/2)") in text
-    assert ("RM round 1: held-out accuracy 53.0% (training labelers 54.0%, held-out labelers "
-            "52.0%); two labelers agree on 64.0% of the same pairs (+11.0 points)") in text
-    assert "RM round 2: held-out accuracy 56.0%\n" in text
+    # the gap is taken against the held-out labelers' accuracy (52 %), as in the paper
+    assert ("RM round 1: validation accuracy 53.0% (training labelers 54.0%, held-out labelers "
+            "52.0%); two labelers agree on 64.0% of the pairs in the same samples; the RM is "
+            "12.0 points below that") in text
+    assert "RM round 2: validation accuracy 56.0%\n" in text
+    # the ceiling is drawn on the win-rate plot as a line at its win rate
+    import matplotlib.axes
+    drawn = []
+    real = matplotlib.axes.Axes.axhline
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", lambda ax, y=0, *a, **k:
+                        drawn.append((y, k.get("label"))) or real(ax, y, *a, **k))
     write_report(res, tmp_path)
+    assert (0.7, "ceiling: gold writer") in drawn
     assert "Ceiling: the best answers" in (tmp_path / "report.html").read_text()
     assert _strict_json(tmp_path / "report.json")["ceiling"]["win_rate"] == 0.7
-    assert json_safe({"a": np.float32(1.5), "b": [float("inf")], "c": np.int64(3)}) == \
-        {"a": 1.5, "b": [None], "c": 3}
 
 
 class FakeLabeler:

@@ -221,7 +221,7 @@ def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
         rounds.append({"round": r, "rm": rm_path, **results,
                        "rm_metrics": {k: v for k, v in rm_res.items() if k != "model"},
                        # the RM's validation samples, ranked by a training and a held-out labeler
-                       "rankings_valid": cmp_["valid"],
+                       "rankings_valid": str(root / f"r{r}_comparisons" / "rankings_valid.jsonl"),
                        "rankings_valid_heldout": str(root / f"r{r}_rm" / "valid_heldout.jsonl")})
         # the next round's comparisons come from the current policy (InstructGPT's PPO-ptx)
         policy = results.get("ppo_ptx", results["ppo"])

@@ -10,13 +10,12 @@ Copying: every model's accuracy on the copy probe (rlhf.eval.copying), the skill
 closed-domain answers need and the few-shot prompt relies on.
 The PPO runs' own metrics (objective/kl, objective/score) go to `kl_curve_train`.
 Ceiling: the world's gold writer's answers against SFT's, judged by the same labelers; labeler
-noise and ties keep even perfect answers well below 100 %. RM: each round's held-out accuracy
+noise and ties keep even perfect answers well below 100 %. RM: each round's validation accuracy
 sits beside the agreement of the two labelers who ranked the same validation samples.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -28,17 +27,22 @@ from rlhf.eval.judging import (compare_to_reference, judge_responses, labeler_ag
 from rlhf.eval.overopt import (checkpoint_curve, fit_kl_curve, kl_curve_from_metrics,
                                ppo_checkpoints)
 from rlhf.eval.report import summary_text, write_report
+from rlhf.io import read_jsonl
 
 
 def _rm_agreement(r: dict) -> dict:
     """How often two labelers (the training labeler who ranked an RM validation prompt and the
     held-out labeler who ranked the same samples again) order a pair alike: the rate the RM's
-    held-out accuracy is measured against, on the same comparisons."""
+    accuracy is compared with, on the same samples. Files that are missing or do not line up
+    give no figure (with the reason), never a failed evaluation."""
     a, b = r.get("rankings_valid"), r.get("rankings_valid_heldout")
     if not (a and b and Path(a).exists() and Path(b).exists()):
         return {}
-    rows = [[json.loads(x) for x in Path(f).read_text().splitlines() if x.strip()] for f in (a, b)]
-    return {"labeler_agreement": paired_agreement(*rows)}
+    try:
+        rows = [[obj for _, obj in read_jsonl(f)] for f in (a, b)]
+        return {"labeler_agreement": paired_agreement(*rows)}
+    except (ValueError, KeyError) as e:   # UserError is a ValueError
+        return {"labeler_agreement": {"error": f"{a} vs {b}: {e}"}}
 
 
 def evaluate_pipeline(cfg, world, pool, root: str | Path, *, base: str, sft: str,
@@ -85,11 +89,13 @@ def evaluate_pipeline(cfg, world, pool, root: str | Path, *, base: str, sft: str
                                     **_rm_agreement(r)} for r in rounds]
 
     # the ceiling: the gold writer's answers (gold score 1 on every prompt) against SFT's, judged
-    # by the same held-out labelers: the best win rate any policy can reach with these labelers
+    # by the same held-out labelers: what perfect answers get from them (not a strict bound: a
+    # policy may beat it slightly by chance or by suiting the labelers' length biases)
     t0 = time.time()
     best = [world.good_response(q) for q in prompts]
     results["ceiling"] = {
         "name": "gold writer",
+        # seeded like one more model in evaluate_models (model i uses seed + 7919 * i)
         **compare_to_reference(prompts, best, responses["sft"], pool.heldout_labelers,
                                seed=cfg.seed + 7919 * len(specs)),
         "gold": judge_responses(prompts, best, world.judge, closed_domain=closed)}

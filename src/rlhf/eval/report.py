@@ -31,7 +31,8 @@ value that does not apply is null):
                                                 # the best answers (e.g. the world's gold writer)
                                                 # against the reference, same labelers
       "rm": {..., "rounds": [{"round", "valid": {"accuracy", ...},
-                              "labeler_agreement": {"agreement", "ci", "pairs"}}, ...]},
+                              "labeler_agreement": {"agreement", "ci", "pairs", "prompts"}},
+                             ...]},
                                                 # reward model metrics, free-form; a round's
                                                 # agreement is on its own validation comparisons
       "labeler_agreement": {"train": {"agreement", "ci", "pairs"}, "heldout": {...}}
@@ -155,7 +156,8 @@ def _err(val, ci) -> list[float]:
 # --------------------------------------------------------------------------- plots
 def plot_win_rates(results: dict, path: Path) -> Path | None:
     """Fig. 1 style: win rate against the reference per model, 95 % CI error bars; the
-    length-controlled win rate as a hollow marker beside it."""
+    length-controlled win rate as a hollow marker beside it; the ceiling (what perfect answers
+    get from the same labelers), when the results have one, as a dotted line."""
     ref = results.get("reference")
     models = [(n, m) for n, m in results.get("models", {}).items()
               if _num(m.get("win_rate")) is not None or n == ref]
@@ -304,10 +306,11 @@ def summary_text(results: dict) -> str:
     ceiling = results.get("ceiling")
     if isinstance(ceiling, dict) and _num(ceiling.get("win_rate")) is not None:
         gold = (ceiling.get("gold") or {}).get("score")
+        wtl = [ceiling.get(k) for k in ("wins", "ties", "losses")]
         lines.append(f"Ceiling: {ceiling.get('name', 'best answers')} (gold {_fmt(gold, 3)}) wins "
                      f"{_pct(ceiling['win_rate'])} {_ci(ceiling.get('ci'))} against {ref} with "
-                     f"the same labelers (W/T/L {ceiling.get('wins')}/{ceiling.get('ties')}/"
-                     f"{ceiling.get('losses')})")
+                     "the same labelers"
+                     + (" (W/T/L {}/{}/{})".format(*wtl) if None not in wtl else ""))
     rm = results.get("rm")
     rm_rounds = [x for x in (rm or {}).get("rounds") or [] if isinstance(x, dict)] \
         if isinstance(rm, dict) else []
@@ -359,18 +362,22 @@ def summary_text(results: dict) -> str:
 
 
 def _rm_line(r: dict) -> str:
-    """One round's reward model: held-out pairwise accuracy beside the labelers' agreement on
-    the same comparisons."""
+    """One round's reward model: validation accuracy (by training and by held-out labelers)
+    beside how often two labelers agree on the same samples; the gap is taken against the
+    held-out labelers' accuracy, as the paper compares them (§4.1)."""
     v = r.get("valid") or {}
-    text = f"RM round {r.get('round', '?')}: held-out accuracy {_pct(v.get('accuracy'))}"
-    if _num(v.get("heldout_labelers/accuracy")) is not None:
+    text = f"RM round {r.get('round', '?')}: validation accuracy {_pct(v.get('accuracy'))}"
+    held = _num(v.get("heldout_labelers/accuracy"))
+    if held is not None:
         text += (f" (training labelers {_pct(v.get('train_labelers/accuracy'))}, held-out "
-                 f"labelers {_pct(v.get('heldout_labelers/accuracy'))})")
-    ag = (r.get("labeler_agreement") or {}).get("agreement")
-    if _num(ag) is not None:
-        text += f"; two labelers agree on {_pct(ag)} of the same pairs"
-        if _num(v.get("accuracy")) is not None:
-            text += f" ({100 * (ag - v['accuracy']):+.1f} points)"
+                 f"labelers {_pct(held)})")
+    ag = _num((r.get("labeler_agreement") or {}).get("agreement"))
+    if ag is not None:
+        text += f"; two labelers agree on {_pct(ag)} of the pairs in the same samples"
+        acc = held if held is not None else _num(v.get("accuracy"))
+        if acc is not None:
+            text += (f"; the RM is {100 * (ag - acc):.1f} points "
+                     f"{'below' if ag >= acc else 'above'} that")
     return text
 
 
