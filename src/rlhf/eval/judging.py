@@ -272,9 +272,7 @@ def labeler_agreement(prompts: Sequence, responses: Sequence[Sequence[str]],
         x, y = ranking_agreement(labelers[a].rank(p, list(resp)), labelers[b].rank(p, list(resp)))
         agree += x
         total += y
-    lo, hi = wilson_interval(agree, total)
-    return {"agreement": agree / total if total else None, "ci": [lo, hi], "pairs": total,
-            "prompts": len(prompts)}
+    return _agreement(agree, total, len(prompts))
 
 
 def paired_agreement(first: Sequence[dict], second: Sequence[dict]) -> dict:
@@ -296,6 +294,11 @@ def paired_agreement(first: Sequence[dict], second: Sequence[dict]) -> dict:
         x, y = ranking_agreement(a["ranking"], b["ranking"])
         agree += x
         total += y
+    return _agreement(agree, total, len(first))
+
+
+def _agreement(agree: int, total: int, prompts: int) -> dict:
+    """The agreement record both measures return: rate (None without pairs), Wilson CI, counts."""
     lo, hi = wilson_interval(agree, total)
     return {"agreement": agree / total if total else None, "ci": [lo, hi], "pairs": total,
-            "prompts": len(first)}
+            "prompts": prompts}
