@@ -9,7 +9,7 @@ import pytest
 
 from rlhf.labeling import records as R
 from rlhf.labeling.errors import Invalid
-from rlhf.labeling.stats import agreement_report, preferences, ranking_agreement
+from rlhf.labeling.stats import agreement_report
 
 
 # -- rankings --------------------------------------------------------------------------------
@@ -162,14 +162,6 @@ def test_records_text_reads_jsonl_and_arrays_with_line_numbers():
 
 
 # -- agreement -------------------------------------------------------------------------------
-
-def test_pairwise_agreement_ignores_ties():
-    assert preferences([[2], [0, 1]]) == {(0, 1): 0, (0, 2): -1, (1, 2): -1}
-    # a: 0 > 1 > 2 ; b: 0 > 2 > 1 -> pairs (0,1) agree, (0,2) agree, (1,2) disagree
-    assert ranking_agreement([[0], [1], [2]], [[0], [2], [1]]) == (2, 3)
-    # ties on one side drop the pair
-    assert ranking_agreement([[0], [1, 2]], [[0], [2], [1]]) == (2, 2)
-
 
 def test_agreement_report_counts_only_overlapping_tasks():
     subs = [(1, "ranking", "a", {"ranking": [[0], [1], [2]]}),

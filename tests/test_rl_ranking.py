@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from rlhf.rl.ranking import (batched_ranking_loss, grouped_ranking_loss, pair_stats,
-                             pairwise_loss, preference_matrix, ranking_accuracy, ranking_pairs)
+                             pairwise_loss, preference_matrix, ranking_accuracy, ranking_agreement,
+                             ranking_pairs)
 
 LOG2 = math.log(2.0)
 
@@ -131,3 +132,12 @@ def test_large_gaps_are_stable():
     s = torch.tensor([1e4, -1e4])
     assert float(grouped_ranking_loss(s, [[0], [1]])) == 0.0
     assert float(grouped_ranking_loss(s, [[1], [0]])) == pytest.approx(2e4)
+
+
+def test_pairwise_agreement_ignores_ties():
+    # a: 0 > 1 > 2 ; b: 0 > 2 > 1 -> pairs (0,1) agree, (0,2) agree, (1,2) disagree
+    assert ranking_agreement([[0], [1], [2]], [[0], [2], [1]]) == (2, 3)
+    # ties on one side drop the pair
+    assert ranking_agreement([[0], [1, 2]], [[0], [2], [1]]) == (2, 2)
+    assert ranking_agreement([[2], [0, 1]], [[0, 1, 2]]) == (0, 0)
+    assert ranking_agreement([[1], [0]], [[0], [1]]) == (0, 1)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from rlhf.eval.stats import length_controlled_win_rate, normal_ci, wilson_interval, win_rate_ci
+from rlhf.rl.ranking import ranking_agreement
 
 FLAGS: tuple[str, ...] = ("follows_instruction", "satisfies_constraint", "hallucination",
                           "harmful_compliance", "appropriate_for_customer")
@@ -259,8 +260,6 @@ def labeler_agreement(prompts: Sequence, responses: Sequence[Sequence[str]],
     labelers (seeded) rank the same K responses; over response pairs both ordered strictly, the
     fraction ordered the same way. Returns {"agreement", "ci": [lo, hi] (Wilson), "pairs",
     "prompts"}."""
-    from rlhf.labeling.stats import ranking_agreement
-
     if len(labelers) < 2:
         raise ValueError("agreement needs at least two labelers")
     r = random.Random(seed)
@@ -283,8 +282,6 @@ def paired_agreement(first: Sequence[dict], second: Sequence[dict]) -> dict:
     comparisons. Rows are Ranking records ({"prompt", "responses", "ranking"}) and must pair up:
     same prompt, same responses. Over response pairs both rankings order strictly, the share
     ordered the same way. Returns {"agreement", "ci": [lo, hi] (Wilson), "pairs", "prompts"}."""
-    from rlhf.labeling.stats import ranking_agreement
-
     if len(first) != len(second):
         raise ValueError(f"the two rankings have {len(first)} and {len(second)} rows")
     agree = total = 0

@@ -11,28 +11,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from itertools import combinations
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
-
-def preferences(groups: Sequence[Sequence[int]]) -> dict[tuple[int, int], int]:
-    """For each response pair (i, j) with i < j: +1 if i ranks above j, -1 if below, 0 if tied."""
-    level = {i: g for g, group in enumerate(groups) for i in group}
-    prefs = {}
-    for i, j in combinations(sorted(level), 2):
-        prefs[(i, j)] = (level[i] < level[j]) - (level[i] > level[j])
-    return prefs
-
-
-def ranking_agreement(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> tuple[int, int]:
-    """(agreeing pairs, comparable pairs) between two rankings of the same responses."""
-    pa, pb = preferences(a), preferences(b)
-    agree = total = 0
-    for pair, x in pa.items():
-        y = pb.get(pair, 0)
-        if x and y:
-            total += 1
-            agree += x == y
-    return agree, total
+from rlhf.rl.ranking import ranking_agreement
 
 
 def _rate(num: float, den: float) -> float | None:

@@ -34,6 +34,15 @@ def ranking_pairs(ranking: Ranking) -> list[tuple[int, int]]:
     return pairs
 
 
+def ranking_agreement(a: Ranking, b: Ranking) -> tuple[int, int]:
+    """(agreeing pairs, comparable pairs) between two rankings of the same responses: a pair is
+    comparable when both rankings order it strictly (a tie on either side drops it, as ties are
+    dropped from RM training), and agrees when both put the same response first."""
+    first, second = set(ranking_pairs(a)), set(ranking_pairs(b))
+    agree = len(first & second)
+    return agree, agree + sum((lo, w) in second for w, lo in first)
+
+
 def preference_matrix(rankings: Sequence[Ranking], k_max: int | None = None) -> Tensor:
     """[B, Kmax, Kmax] float matrix P with P[b, w, l] = 1 when response w beats l in element b."""
     k_max = k_max or max((max((i for g in r for i in g), default=-1) + 1 for r in rankings),
