@@ -149,6 +149,49 @@ def test_pretrain_logs_a_callers_probe_at_each_evaluation(tmp_path):
         pretrain(cfg, tmp_path / "pre2", probe=lambda m, t: {"ppl": 1.0})
 
 
+def test_repeat_blocks_repeat_a_random_span_from_a_random_offset():
+    from rlhf.data.text import repeat_blocks
+    ids = torch.arange(100, 140)
+    x = repeat_blocks(200, 20, ids, torch.Generator().manual_seed(0), span=(3, 8))
+    assert x.shape == (200, 20) and bool(torch.isin(x, ids).all())
+    found = set()
+    for row in x.tolist():   # some (p, offset) explains the row: row[j] = row[(o + j - p) % p]
+        fits = [(p, o) for p in range(3, 9) for o in range(p)
+                if all(row[j] == row[(o + j - p) % p] for j in range(p, 20))]
+        assert fits, row
+        found.add(fits[0])
+    assert len({p for p, _ in found}) == 6 and len({o for _, o in found}) >= 6  # no fixed shift
+    with pytest.raises(UserError, match="span"):
+        repeat_blocks(1, 8, ids, torch.Generator(), span=(4, 8))
+
+
+def test_pretrain_copy_warmup_then_mixed_copy_blocks(tmp_path):
+    from rlhf.train.pretrain import pretrain
+    corpus = write_corpus(tmp_path / "c.txt", 200)
+    cfg = load_config(overrides=[f"pretrain.train_files=[{corpus}]", "pretrain.model.n_layer=1",
+                                 "pretrain.model.vocab_size=300", "pretrain.model.n_embd=32",
+                                 "pretrain.batch_size=8", "pretrain.block_size=32",
+                                 "pretrain.copy_warmup_steps=3", "pretrain.copy_fraction=0.5",
+                                 "pretrain.max_steps=2"])
+    s = pretrain(cfg, tmp_path / "pre", resume=True)
+    warm = tmp_path / "pre" / "copy_warmup"
+    rows = [json.loads(x) for x in (warm / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows) == 3 and (warm / "final" / "config.json").exists()
+    n_corpus = s["train_tokens"] // 32
+    assert s["copy_blocks"] == n_corpus and s["copy_warmup_steps"] == 3   # half the blocks
+    # a finished warm-up is loaded on resume, not trained again
+    warmed = load_file(str(warm / "final" / "model.safetensors"))
+    from rlhf.models import build_tiny_model
+    from rlhf.train.pretrain import copy_warmup
+    model = build_tiny_model(cfg.pretrain.model, load_tokenizer(s["model"]))
+    copy_warmup(model, None, cfg.pretrain, torch.zeros(0, 32, dtype=torch.long), 0, warm,
+                resume=True)
+    assert all(torch.equal(v, warmed[k]) for k, v in model.state_dict().items() if k in warmed)
+    assert len((warm / "metrics.jsonl").read_text().splitlines()) == len(rows)
+    with pytest.raises(UserError, match="copy_fraction"):
+        load_config(overrides=["pretrain.copy_fraction=1.0"])
+
+
 @pytest.mark.parametrize("override,key", [("sft.lrr=1", "sft.lrr"),
                                           ("sft.epochs=many", "sft.epochs"),
                                           ("ppo.beta_kl=[1]", "ppo.beta_kl")])

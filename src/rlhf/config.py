@@ -64,6 +64,14 @@ class PretrainConfig(OptimFields):
     save_every: int = 500
     log_every: int = 10
     max_tokens: int | None = None   # cap on training tokens read (None = all)
+    # Induction warm-up: a 4-layer model does not learn to copy from its context within a small
+    # budget of world text (it never needs to: the corpus states each detail once), and every
+    # closed-domain task needs copying. `copy_warmup_steps` optimizer steps on synthetic copy
+    # blocks (`rlhf.data.text.repeat_blocks`, constant LR after warm-up) come first and form the
+    # induction heads; `copy_fraction` of the corpus phase's blocks stay synthetic so they are
+    # kept. 0 and 0.0 = plain pretraining. benchmarks/copy_formation.py measures the effect.
+    copy_warmup_steps: int = 0
+    copy_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
 class SFTConfig(OptimFields):

@@ -48,3 +48,24 @@ def pack_blocks(tokenizer, docs: list[str], block_size: int,
         raise UserError(f"text too short for one block of {block_size} tokens",
                         field="block_size")
     return torch.tensor(stream[: n * block_size], dtype=torch.long).view(n, block_size)
+
+
+def repeat_blocks(n: int, block_size: int, token_ids: torch.Tensor, generator: torch.Generator,
+                  span: tuple[int, int] | None = None) -> torch.Tensor:
+    """[n, block_size] synthetic copy blocks: p random tokens (p drawn from `span`, inclusive;
+    default block_size // 5 .. block_size // 2, i.e. 25..64 for 128-token blocks),
+    then the same p tokens again, cyclically from a random offset, to the end of the block.
+
+    Past the first p tokens every next token is predictable only by looking back for the
+    current token's earlier occurrence and copying what followed it (an induction head); the
+    random length and offset leave no fixed-distance shortcut. `token_ids` are the ids to draw
+    from (e.g. the tokenizer's ids without its special tokens)."""
+    lo, hi = span or (max(1, block_size // 5), block_size // 2)
+    if not 1 <= lo <= hi < block_size:
+        raise UserError(f"repeat span {span} must lie within 1..{block_size - 1}", field="span")
+    ids = token_ids[torch.randint(len(token_ids), (n, block_size), generator=generator)]
+    p = torch.randint(lo, hi + 1, (n, 1), generator=generator)
+    offset = (torch.rand(n, 1, generator=generator) * p).long()
+    pos = torch.arange(block_size)[None, :]
+    source = torch.where(pos < p, pos, (offset + pos - p) % p)
+    return ids.gather(1, source)

@@ -1,7 +1,8 @@
 """Pretraining: causal-LM training on plain text packed into blocks; held-out perplexity.
 
     cfg.pretrain.train_files -> tokenizer (trained here unless given) -> [N, block] blocks
-    -> tiny model (or `init`) -> AdamW, cosine to 10 % -> out/final (HF format) + perplexity
+    -> tiny model (or `init`) -> [induction warm-up on synthetic copy blocks: out/copy_warmup]
+    -> AdamW, cosine to 10 % -> out/final (HF format) + perplexity
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Callable
 import torch
 
 from rlhf.config import Config, dump_config
-from rlhf.data.text import pack_blocks, read_documents
+from rlhf.data.text import pack_blocks, read_documents, repeat_blocks
 from rlhf.errors import UserError
 from rlhf.models import build_tiny_model, load_model, load_tokenizer, train_tokenizer
 from rlhf.runs import Run
@@ -68,7 +69,15 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
         torch.manual_seed(cfg.seed)  # same init on every rank
         model = build_tiny_model(p.model, tokenizer)
     blocks = pack_blocks(tokenizer, docs, p.block_size, p.max_tokens)
-    train = block_examples(blocks)
+    copy_ids = plain_token_ids(tokenizer)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if p.copy_warmup_steps:
+        copy_warmup(model, tokenizer, p, repeat_blocks(p.copy_warmup_steps * p.batch_size,
+                                                       p.block_size, copy_ids, gen),
+                    cfg.seed, out / "copy_warmup", resume)
+    n_copy = round(p.copy_fraction * len(blocks) / (1 - p.copy_fraction))
+    train = block_examples(torch.cat([blocks, repeat_blocks(n_copy, p.block_size, copy_ids, gen)])
+                           if n_copy else blocks)
     valid = None
     if p.valid_files:
         valid = block_examples(pack_blocks(tokenizer, read_documents(p.valid_files), p.block_size))
@@ -92,7 +101,8 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
                   seed=cfg.seed, resume=resume, save_every=p.save_every, halt_after=halt_after,
                   max_steps=p.max_steps, on_eval=on_eval, eval_every=p.eval_every,
                   desc="pretrain")
-    summary = {"train_tokens": int(blocks.numel()), "params": model.num_parameters(),
+    summary = {"train_tokens": int(blocks.numel()), "copy_blocks": n_copy,
+               "copy_warmup_steps": p.copy_warmup_steps, "params": model.num_parameters(),
                "steps": metrics["step"], "final_train_loss": metrics.get("train/loss")}
     if metrics["step"] < metrics["total_steps"]:
         run.close()
@@ -105,3 +115,29 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
     summary["model"] = str(out / "final")
     run.finish(summary)
     return summary
+
+
+def plain_token_ids(tokenizer) -> torch.Tensor:
+    """The tokenizer's ids without its special tokens (what synthetic copy blocks draw from)."""
+    special = set(tokenizer.all_special_ids)
+    return torch.tensor([i for i in range(len(tokenizer)) if i not in special], dtype=torch.long)
+
+
+def copy_warmup(model, tokenizer, p, blocks: torch.Tensor, seed: int, out: Path,
+                resume: bool) -> None:
+    """Train `model` in place on synthetic copy blocks, one pass (the induction warm-up; see
+    `PretrainConfig.copy_warmup_steps`), at the section's optimiser settings with a constant LR
+    after warm-up (the heads form abruptly, late in the phase). Its own run folder: a finished
+    warm-up is loaded, not repeated, and an interrupted one resumes from its checkpoint."""
+    done = out / "final"
+    if resume and (done / "config.json").exists():
+        model.load_state_dict(load_model(done).state_dict())
+        return
+    run = Run(out, None, is_main=dist.is_main(), resume=resume)
+    metrics = fit(model, tokenizer, block_examples(blocks), collate_blocks,
+                  p.model_copy(update={"final_lr_fraction": 1.0}), epochs=1.0, run=run,
+                  seed=seed, resume=resume, save_every=p.save_every, desc="copy warm-up")
+    save_checkpoint(done, model, tokenizer)
+    dist.barrier()
+    run.finish({"steps": metrics["step"], "final_train_loss": metrics.get("train/loss"),
+                "model": str(done)})
