@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test demo quick clean
+.PHONY: venv test demo demo-copy quick clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/rlhf pipeline --config configs/demo.yaml --out runs/demo
+
+demo-copy: $(STAMP)
+	$(BIN)/rlhf pipeline --config configs/demo_copy.yaml --out runs/demo_copy
 
 quick: $(STAMP)
 	$(BIN)/rlhf pipeline --config configs/quick.yaml --out runs/quick

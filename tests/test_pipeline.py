@@ -83,3 +83,20 @@ def test_rerun_skips_finished_stages(quick_run):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("done already, skipped") == 13
+    before = (quick_run / "config.yaml").read_text()
+    r = subprocess.run([sys.executable, "-m", "rlhf.cli", "pipeline", "--config",
+                        str(ROOT / "configs/quick.yaml"), "--out", str(quick_run),
+                        "--set", "pipeline.rounds=3", "--set", "ppo.lr=1e-3"],
+                       capture_output=True, text=True, timeout=300)
+    # a changed config is refused, not answered with the old models under the new config
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "different config (ppo.lr, pipeline.rounds differ)" in r.stderr, r.stderr[-2000:]
+    assert "done already" not in r.stdout and (quick_run / "config.yaml").read_text() == before
+
+
+def test_config_differences_name_dotted_keys():
+    from rlhf.pipeline import config_differences
+    old = {"seed": 0, "ppo": {"lr": 1e-4, "kl": {"beta": 0.02}}, "gone": 1}
+    new = {"seed": 0, "ppo": {"lr": 2e-4, "kl": {"beta": 0.02}}, "added": {"x": 1}}
+    assert config_differences(old, new) == ["ppo.lr", "gone", "added"]
+    assert config_differences(old, old) == []

@@ -22,7 +22,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from rlhf.config import Config, dump_config
+from rlhf.errors import UserError
 from rlhf.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 
@@ -129,6 +132,33 @@ def _concat_jsonl(files: list[str], out: Path) -> str:
     return str(out)
 
 
+def config_differences(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts (added or removed keys
+    included), in order."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [prefix or "(root)"]
+    keys = list(old) + [k for k in new if k not in old]
+    return [d for k in keys for d in config_differences(old.get(k), new.get(k),
+                                                          f"{prefix}{k}" if not prefix
+                                                          else f"{prefix}.{k}")]
+
+
+def check_resumable(root: Path, cfg: Config) -> None:
+    """A run folder resumes only the config that made it. Its finished stages are skipped, so
+    a changed config would otherwise report the old models under the new config's name."""
+    path = root / "config.yaml"
+    if not path.exists():
+        return
+    old, new = yaml.safe_load(path.read_text()) or {}, cfg.model_dump(mode="json")
+    old.pop("out", None), new.pop("out", None)      # the folder may be named another way
+    diff = config_differences(old, new)
+    if diff:
+        shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise UserError(f"this run folder was made with a different config ({shown} differ); "
+                        "resume it with the same config, or give a new --out, or delete the "
+                        "folder to start again", path=str(path), field=diff[0])
+
+
 # ------------------------------------------------------------------------------ the pipeline
 
 def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
@@ -140,6 +170,7 @@ def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
 
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
+    check_resumable(root, cfg)
     write_text_atomic(root / "config.yaml", dump_config(cfg))
     st = Stages(root)
     p = cfg.pipeline

@@ -1,0 +1,120 @@
+"""Induction formation: after how many steps of synthetic copy blocks can the base model copy?
+
+    .venv/bin/python benchmarks/induction_formation.py [--config configs/demo.yaml]
+        [--set pretrain.model.arch=gpt2 ...] [--steps 1200] [--seeds 0 1] [--tokenizer DIR]
+        [--out benchmarks/results/induction_formation.json]
+
+Trains the config's tiny model from scratch on `rlhf.data.text.repeat_blocks` (random tokens,
+then the same span again from a random offset) with the settings of the pretraining recipe's
+induction warm-up (`pretrain.copy_warmup_steps`: the `pretrain` section's optimiser, constant LR
+after its warm-up), and every --every steps measures greedy copy accuracy on the second half of
+fresh blocks, which lies wholly in the repeated part. Induction heads form abruptly after a
+plateau, so the figure that matters is the first step at which that accuracy reaches 0.9; it
+says how many `copy_warmup_steps` a model needs. The tokenizer (only its size and special tokens
+matter) is --tokenizer, or one trained on the config's world corpus. One process; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+THRESHOLD = 0.9
+
+
+@torch.no_grad()
+def copy_accuracy(model, blocks: torch.Tensor) -> float:
+    """Greedy next-token accuracy over the second half of each block (all of it repeated)."""
+    model.eval()
+    pred = model(input_ids=blocks).logits.argmax(-1)
+    model.train()
+    half = blocks.shape[1] // 2
+    return float((pred[:, half - 1:-1] == blocks[:, half:]).float().mean())
+
+
+def run_seed(cfg, tokenizer, seed: int, steps: int, every: int) -> dict:
+    from rlhf.data.text import repeat_blocks
+    from rlhf.models import build_tiny_model
+    from rlhf.train.common import build_optimizer, cosine_schedule
+    from rlhf.train.pretrain import plain_token_ids
+
+    p = cfg.pretrain
+    torch.manual_seed(seed)
+    model = build_tiny_model(p.model, tokenizer)
+    optimizer = build_optimizer(model, p)
+    scheduler = cosine_schedule(optimizer, steps, p.warmup_steps, 1.0)
+    ids, gen = plain_token_ids(tokenizer), torch.Generator().manual_seed(seed)
+    held_out = repeat_blocks(64, p.block_size, ids, torch.Generator().manual_seed(10_000 + seed))
+    curve, t0 = [], time.time()
+    model.train()
+    for step in range(1, steps + 1):
+        x = repeat_blocks(p.batch_size, p.block_size, ids, gen)
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        if p.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % every == 0 or step == steps:
+            acc = copy_accuracy(model, held_out)
+            curve.append({"step": step, "loss": round(float(loss), 4), "copy": round(acc, 4)})
+            print(f"seed {seed} step {step:5d} loss {float(loss):.3f} copy {acc:.3f} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+    formed = next((c["step"] for c in curve if c["copy"] >= THRESHOLD), None)
+    return {"seed": seed, "formed_at": formed, "curve": curve,
+            "seconds": round(time.time() - t0, 1)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="KEY=VALUE", help="config override, e.g. pretrain.model.arch=gpt2")
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--every", type=int, default=50)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--tokenizer", type=Path, help="tokenizer dir (default: trained here)")
+    ap.add_argument("--out", type=Path,
+                    default=Path("benchmarks/results/induction_formation.json"))
+    args = ap.parse_args(argv)
+
+    from rlhf.config import load_config
+    from rlhf.data.text import read_documents
+    from rlhf.models import load_tokenizer, train_tokenizer
+    from rlhf.world.world import build_world
+
+    cfg = load_config(args.config, args.overrides)
+    if args.tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer)
+    else:
+        with tempfile.TemporaryDirectory(prefix="induction_") as tmp:
+            build_world(Path(tmp) / "world", seed=cfg.seed, n_labelers=cfg.pipeline.n_labelers,
+                        **cfg.pipeline.world)
+            tokenizer = train_tokenizer(read_documents([f"{tmp}/world/pretrain/train.txt"]),
+                                        cfg.pretrain.model.vocab_size)
+    runs = [run_seed(cfg, tokenizer, s, args.steps, args.every) for s in args.seeds]
+    for r in runs:
+        print(f"seed {r['seed']}: copy accuracy >= {THRESHOLD} first at step {r['formed_at']} "
+              f"({r['seconds']} s for {args.steps} steps)")
+    out = {"benchmark": "induction_formation", "config": str(args.config),
+           "overrides": args.overrides, "arch": cfg.pretrain.model.arch, "steps": args.steps,
+           "threshold": THRESHOLD, "runs": runs,
+           "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                       "threads": torch.get_num_threads(), "cpus": os.cpu_count()}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
