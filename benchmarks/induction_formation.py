@@ -65,9 +65,9 @@ def run_seed(cfg, tokenizer, seed: int, steps: int, every: int) -> dict:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if step % every == 0 or step == steps:
-            acc = copy_accuracy(model, held_out)
-            curve.append({"step": step, "loss": round(float(loss), 4), "copy": round(acc, 4)})
-            print(f"seed {seed} step {step:5d} loss {float(loss):.3f} copy {acc:.3f} "
+            acc, loss = copy_accuracy(model, held_out), float(loss.detach())
+            curve.append({"step": step, "loss": round(loss, 4), "copy": round(acc, 4)})
+            print(f"seed {seed} step {step:5d} loss {loss:.3f} copy {acc:.3f} "
                   f"({time.time() - t0:.0f} s)", flush=True)
     formed = next((c["step"] for c in curve if c["copy"] >= THRESHOLD), None)
     return {"seed": seed, "formed_at": formed, "curve": curve,
