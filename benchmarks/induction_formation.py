@@ -5,10 +5,10 @@
         [--out benchmarks/results/induction_formation.json]
 
 Trains the config's tiny model from scratch on `rlhf.data.text.repeat_blocks` (random tokens,
-then the same span again from a random offset) with the settings of the pretraining recipe's
-induction warm-up (`pretrain.copy_warmup_steps`: the `pretrain` section's optimiser, constant LR
+then the same span again from a random offset) with the pretraining recipe's own induction
+warm-up (`rlhf.train.pretrain.copy_warmup`: the `pretrain` section's optimiser, constant LR
 after its warm-up), and every --every steps measures greedy copy accuracy on the second half of
-fresh blocks, which lies wholly in the repeated part. Induction heads form abruptly after a
+64 held-out blocks, which lies wholly in the repeated part, and their loss. Induction heads form abruptly after a
 plateau, so the figure that matters is the first step at which that accuracy reaches 0.9; it
 says how many `copy_warmup_steps` a model needs. The tokenizer (only its size and special tokens
 matter) is --tokenizer, or one trained on the config's world corpus. One process; writes JSON.
@@ -31,44 +31,44 @@ THRESHOLD = 0.9
 
 
 @torch.no_grad()
-def copy_accuracy(model, blocks: torch.Tensor) -> float:
-    """Greedy next-token accuracy over the second half of each block (all of it repeated)."""
+def copy_accuracy(model, blocks: torch.Tensor) -> tuple[float, float]:
+    """(greedy next-token accuracy over the second half of each block, all of it repeated;
+    mean next-token loss over the whole blocks)."""
+    was_training = model.training
     model.eval()
-    pred = model(input_ids=blocks).logits.argmax(-1)
-    model.train()
+    out = model(input_ids=blocks, labels=blocks)
+    model.train(was_training)
     half = blocks.shape[1] // 2
-    return float((pred[:, half - 1:-1] == blocks[:, half:]).float().mean())
+    pred = out.logits.argmax(-1)
+    return float((pred[:, half - 1:-1] == blocks[:, half:]).float().mean()), float(out.loss)
 
 
-def run_seed(cfg, tokenizer, seed: int, steps: int, every: int) -> dict:
+def run_seed(cfg, tokenizer, seed: int, steps: int, every: int, work: Path) -> dict:
+    """The recipe's own warm-up (`rlhf.train.pretrain.copy_warmup`) on `steps` batches of copy
+    blocks, measured every `every` steps and at the end on 64 held-out copy blocks."""
     from rlhf.data.text import repeat_blocks
     from rlhf.models import build_tiny_model
-    from rlhf.train.common import build_optimizer, cosine_schedule
-    from rlhf.train.pretrain import plain_token_ids
+    from rlhf.train.pretrain import copy_warmup, plain_token_ids
 
-    p = cfg.pretrain
+    p = cfg.pretrain.model_copy(update={"save_every": 0})   # no step checkpoints
     torch.manual_seed(seed)
     model = build_tiny_model(p.model, tokenizer)
-    optimizer = build_optimizer(model, p)
-    scheduler = cosine_schedule(optimizer, steps, p.warmup_steps, 1.0)
-    ids, gen = plain_token_ids(tokenizer), torch.Generator().manual_seed(seed)
+    ids = plain_token_ids(tokenizer)
+    blocks = repeat_blocks(steps * p.batch_size, p.block_size, ids,
+                           torch.Generator().manual_seed(seed))
     held_out = repeat_blocks(64, p.block_size, ids, torch.Generator().manual_seed(10_000 + seed))
     curve, t0 = [], time.time()
-    model.train()
-    for step in range(1, steps + 1):
-        x = repeat_blocks(p.batch_size, p.block_size, ids, gen)
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        if p.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % every == 0 or step == steps:
-            acc, loss = copy_accuracy(model, held_out), float(loss.detach())
-            curve.append({"step": step, "loss": round(loss, 4), "copy": round(acc, 4)})
-            print(f"seed {seed} step {step:5d} loss {loss:.3f} copy {acc:.3f} "
-                  f"({time.time() - t0:.0f} s)", flush=True)
+
+    def measure(step: int) -> dict:
+        acc, loss = copy_accuracy(model, held_out)
+        curve.append({"step": step, "loss": round(loss, 4), "copy": round(acc, 4)})
+        print(f"seed {seed} step {step:5d} held-out loss {loss:.3f} copy {acc:.3f} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+        return {"copy/accuracy": acc, "copy/loss": loss}
+
+    copy_warmup(model, tokenizer, p, blocks, seed, work / f"seed-{seed}", resume=False,
+                on_eval=measure, eval_every=every)
+    measure(steps)                              # fit evaluates before the last step only
     formed = next((c["step"] for c in curve if c["copy"] >= THRESHOLD), None)
     return {"seed": seed, "formed_at": formed, "curve": curve,
             "seconds": round(time.time() - t0, 1)}
@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
                         **cfg.pipeline.world)
             tokenizer = train_tokenizer(read_documents([f"{tmp}/world/pretrain/train.txt"]),
                                         cfg.pretrain.model.vocab_size)
-    runs = [run_seed(cfg, tokenizer, s, args.steps, args.every) for s in args.seeds]
+    with tempfile.TemporaryDirectory(prefix="induction_runs_") as work:
+        runs = [run_seed(cfg, tokenizer, s, args.steps, args.every, Path(work))
+                for s in args.seeds]
     for r in runs:
         print(f"seed {r['seed']}: copy accuracy >= {THRESHOLD} first at step {r['formed_at']} "
               f"({r['seconds']} s for {args.steps} steps)")

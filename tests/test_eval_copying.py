@@ -184,9 +184,10 @@ def test_induction_formation_benchmark_trains_on_copy_blocks_and_reports(tmp_pat
     blocks = torch.tensor([[5, 6, 7, 5, 6, 7, 5, 6]])
 
     class Oracle(torch.nn.Module):
-        def forward(self, input_ids):
+        def forward(self, input_ids, labels=None):
             nxt = torch.roll(input_ids, -1, 1)   # predicts the true next token
-            return type("O", (), {"logits": torch.nn.functional.one_hot(nxt, 10).float()})
+            return type("O", (), {"logits": torch.nn.functional.one_hot(nxt, 10).float(),
+                                  "loss": torch.tensor(0.0)})
 
-    assert bench.copy_accuracy(Oracle(), blocks) == 1.0
+    assert bench.copy_accuracy(Oracle(), blocks)[0] == 1.0
     assert json.loads((tmp_path / "if.json").read_text())["runs"] == out["runs"]

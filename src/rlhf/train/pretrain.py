@@ -124,11 +124,14 @@ def plain_token_ids(tokenizer) -> torch.Tensor:
 
 
 def copy_warmup(model, tokenizer, p, blocks: torch.Tensor, seed: int, out: Path,
-                resume: bool) -> None:
+                resume: bool, on_eval: Callable[[int], dict] | None = None,
+                eval_every: int | None = None) -> None:
     """Train `model` in place on synthetic copy blocks, one pass (the induction warm-up; see
     `PretrainConfig.copy_warmup_steps`), at the section's optimiser settings with a constant LR
     after warm-up (the heads form abruptly, late in the phase). Its own run folder: a finished
-    warm-up is loaded, not repeated, and an interrupted one resumes from its checkpoint."""
+    warm-up is loaded, not repeated, and an interrupted one resumes from its checkpoint.
+    `on_eval(step)` runs every `eval_every` steps before the last, as in `fit`
+    (benchmarks/induction_formation.py measures copying with it)."""
     done = out / "final"
     if resume and (done / "config.json").exists():
         model.load_state_dict(load_model(done).state_dict())
@@ -136,7 +139,8 @@ def copy_warmup(model, tokenizer, p, blocks: torch.Tensor, seed: int, out: Path,
     run = Run(out, None, is_main=dist.is_main(), resume=resume)
     metrics = fit(model, tokenizer, block_examples(blocks), collate_blocks,
                   p.model_copy(update={"final_lr_fraction": 1.0}), epochs=1.0, run=run,
-                  seed=seed, resume=resume, save_every=p.save_every, desc="copy warm-up")
+                  seed=seed, resume=resume, save_every=p.save_every, on_eval=on_eval,
+                  eval_every=eval_every, desc="copy warm-up")
     save_checkpoint(done, model, tokenizer)
     dist.barrier()
     run.finish({"steps": metrics["step"], "final_train_loss": metrics.get("train/loss"),
