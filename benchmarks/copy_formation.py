@@ -17,15 +17,14 @@ One process (not under torchrun); chat-shape cases use the config's `ppo.prompt_
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import machine, write_result  # noqa: E402
 
 THRESHOLD = 0.9
 
@@ -102,11 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
            "n_cases": len(cases), "threshold": THRESHOLD, "first_step": first, "curve": curve,
            "steps": summary["steps"], "seconds": seconds,
            "chance": {d: round(1 / len(v), 4) for d, v in DETAILS.items()},
-           "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                       "threads": torch.get_num_threads(), "cpus": os.cpu_count()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+           "machine": machine()}
+    write_result(args.out, out)
     tmp.cleanup()
     return out
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import machine, write_result  # noqa: E402
 
 
 def run_models(run: Path) -> dict[str, str]:
@@ -69,11 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("chance:", ", ".join(f"{d} {c:.3f}" for d, c in probe["chance"].items()))
     out = {"benchmark": "copy_probe", **probe, "seed": args.seed, "seconds": seconds,
            "run": str(args.run) if args.run else None, "paths": models,
-           "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                       "threads": torch.get_num_threads(), "cpus": os.cpu_count()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+           "machine": machine()}
+    write_result(args.out, out)
     return out
 
 

@@ -17,15 +17,15 @@ matter) is --tokenizer, or one trained on the config's world corpus. One process
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import machine, write_result  # noqa: E402
 
 THRESHOLD = 0.9
 
@@ -110,11 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"benchmark": "induction_formation", "config": str(args.config),
            "overrides": args.overrides, "arch": cfg.pretrain.model.arch, "steps": args.steps,
            "threshold": THRESHOLD, "runs": runs,
-           "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                       "threads": torch.get_num_threads(), "cpus": os.cpu_count()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+           "machine": machine()}
+    write_result(args.out, out)
     return out
 
 

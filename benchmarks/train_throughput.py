@@ -18,7 +18,6 @@ import resource
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import torch

@@ -100,3 +100,57 @@ def test_config_differences_name_dotted_keys():
     new = {"seed": 0, "ppo": {"lr": 2e-4, "kl": {"beta": 0.02}}, "added": {"x": 1}}
     assert config_differences(old, new) == ["ppo.lr", "gone", "added"]
     assert config_differences(old, old) == []
+
+
+def test_oracle_ppo_benchmark_trains_against_the_gold_judge_and_the_rm(quick_run, tmp_path):
+    import importlib.util
+    path = ROOT / "benchmarks" / "oracle_ppo.py"
+    spec = importlib.util.spec_from_file_location("oracle_ppo", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--run", str(quick_run), "--iterations", "1", "--prompts", "6",
+                      "--work", str(tmp_path / "work"), "--out", str(tmp_path / "o.json")])
+    assert [(r["reward"], r["iterations"], r["episodes"]) for r in out["runs"]] == \
+        [("gold", 1, 32), ("rm", 1, 32)]
+    gold, rm = out["runs"]
+    assert "gold_reward" in gold["reward_source"]
+    assert str(json.loads((quick_run / "summary.json").read_text())["rounds"][0]["rm"]) \
+        in rm["reward_source"]
+    assert gold["first_score"] != rm["first_score"]    # two rewards of the same samples
+    assert set(out["eval"]) == {"sft", "gold_1", "rm_1"}
+    for name in ("gold_1", "rm_1"):
+        m = out["eval"][name]
+        assert 0.0 <= m["win_rate"] <= 1.0 and m["ci"][0] <= m["win_rate"] <= m["ci"][1]
+        assert 0.0 <= m["gold"] <= 1.0 and m["n"] == 6
+        assert (tmp_path / "work" / name / "final" / "config.json").exists()
+    assert json.loads((tmp_path / "o.json").read_text())["runs"] == out["runs"]
+
+
+def test_rm_oracle_benchmark_trains_on_labeler_and_gold_rankings(quick_run, tmp_path):
+    import importlib.util
+    path = ROOT / "benchmarks" / "rm_oracle.py"
+    spec = importlib.util.spec_from_file_location("rm_oracle", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # hand-worked: pairs (0>1), (0>2), (1>2) from [[0], [1], [2]]; ties give no pair
+    rows = [{"ranking": [[0], [1], [2]]}, {"ranking": [[0, 1]]}]
+    assert bench.pair_accuracy(rows, [[3.0, 1.0, 2.0], [0.0, 5.0]]) == \
+        {"accuracy": 2 / 3, "pairs": 3}
+    assert bench.pair_accuracy(rows[:1], [[1.0, 1.0, 0.0]])["accuracy"] == 2.5 / 3
+
+    out = bench.main(["--run", str(quick_run), "--work", str(tmp_path / "work"),
+                      "--out", str(tmp_path / "r.json")])
+    assert [(r["rankings"], r["epochs"]) for r in out["runs"]] == [("labelers", 1), ("gold", 1)]
+    for r in out["runs"]:
+        assert 0.0 <= r["vs_labelers"] <= 1.0 and 0.0 <= r["vs_gold"] <= 1.0 and r["steps"] > 0
+    assert 0.5 < out["gold_vs_labelers"]["accuracy"] <= 1.0   # labelers see the gold score
+    from rlhf.world import World
+    world = World.load(quick_run / "world/data")
+    gold = [json.loads(x) for x in (tmp_path / "work/train_gold.jsonl").read_text().splitlines()]
+    for r in gold[:5]:
+        s = [world.judge(world.record(r["prompt"]), x).score for x in r["responses"]]
+        flat = [i for g in r["ranking"] for i in g]
+        assert sorted(flat) == list(range(len(s)))
+        assert all(s[a] >= s[b] for a, b in zip(flat, flat[1:]))  # best first
+        assert all(len({s[i] for i in g}) == 1 for g in r["ranking"])  # a group shares a score
+    assert json.loads((tmp_path / "r.json").read_text())["runs"] == out["runs"]
