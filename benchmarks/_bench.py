@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -19,7 +20,9 @@ def machine() -> dict:
 
 
 def write_result(path: Path, result: dict) -> None:
-    """Write `result` as indented JSON to `path` (folders created) and say so."""
+    """Stamp `result` with the machine and today's date, write it as indented JSON to `path`
+    (folders created) and say so."""
+    result.update(machine=machine(), date=time.strftime("%Y-%m-%d"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import machine, write_result  # noqa: E402
+from _bench import write_result  # noqa: E402
 
 THRESHOLD = 0.9
 
@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
            "overrides": args.overrides, "corpus": args.corpus or "world", "every": args.every,
            "n_cases": len(cases), "threshold": THRESHOLD, "first_step": first, "curve": curve,
            "steps": summary["steps"], "seconds": seconds,
-           "chance": {d: round(1 / len(v), 4) for d, v in DETAILS.items()},
-           "machine": machine()}
+           "chance": {d: round(1 / len(v), 4) for d, v in DETAILS.items()}}
     write_result(args.out, out)
     tmp.cleanup()
     return out

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import machine, write_result  # noqa: E402
+from _bench import write_result  # noqa: E402
 
 
 def run_models(run: Path) -> dict[str, str]:
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{res[s][d]:{len(s) + 7}.3f}" for s in SHAPES for d in DETAILS))
     print("chance:", ", ".join(f"{d} {c:.3f}" for d, c in probe["chance"].items()))
     out = {"benchmark": "copy_probe", **probe, "seed": args.seed, "seconds": seconds,
-           "run": str(args.run) if args.run else None, "paths": models,
-           "machine": machine()}
+           "run": str(args.run) if args.run else None, "paths": models}
     write_result(args.out, out)
     return out
 

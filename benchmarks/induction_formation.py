@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import machine, write_result  # noqa: E402
+from _bench import write_result  # noqa: E402
 
 THRESHOLD = 0.9
 
@@ -109,8 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"({r['seconds']} s for {args.steps} steps)")
     out = {"benchmark": "induction_formation", "config": str(args.config),
            "overrides": args.overrides, "arch": cfg.pretrain.model.arch, "steps": args.steps,
-           "threshold": THRESHOLD, "runs": runs,
-           "machine": machine()}
+           "threshold": THRESHOLD, "runs": runs}
     write_result(args.out, out)
     return out
 

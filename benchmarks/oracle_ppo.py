@@ -27,17 +27,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import machine, write_result  # noqa: E402
+from _bench import write_result  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def train_policy(cfg, run: Path, reward: str, iterations: int, out: Path, world) -> dict:
-    """PPO from the run's SFT model against `reward` ("gold" or "rm"); returns the summary."""
+def train_policy(cfg, run: Path, summary: dict, reward: str, iterations: int, out: Path,
+                 world) -> dict:
+    """PPO from the run's SFT model against `reward` ("gold" or "rm"); returns the summary.
+    `summary` is the run's summary.json."""
     from rlhf.pipeline import _cfg_with
     from rlhf.train.ppo import ppo
 
-    summary = json.loads((run / "summary.json").read_text())
     sft = summary["sft"]
     overrides = {"policy": sft, "reference": sft, "iterations": iterations,
                  "prompts_file": str(run / "world/data/prompts/ppo.jsonl"),
@@ -53,13 +51,12 @@ def train_policy(cfg, run: Path, reward: str, iterations: int, out: Path, world)
     return ppo(c, out, reward_fn=reward_fn)
 
 
-def evaluate(world, run: Path, policies: dict[str, str], n_prompts: int | None, cfg) -> dict:
-    """Greedy test answers of every policy against the run's SFT model (held-out labelers)."""
+def evaluate(world, sft: str, policies: dict[str, str], n_prompts: int | None, cfg) -> dict:
+    """Greedy test answers of every policy against the SFT model `sft` (held-out labelers)."""
     from rlhf.eval.harness import ModelSpec, evaluate_models, world_closed_domain
 
-    summary = json.loads((run / "summary.json").read_text())
-    prompts = list(world.prompts("test"))[:n_prompts] if n_prompts else world.prompts("test")
-    specs = [ModelSpec("sft", summary["sft"])] + [ModelSpec(n, p) for n, p in policies.items()]
+    prompts = world.prompts("test")[:n_prompts or None]
+    specs = [ModelSpec("sft", sft)] + [ModelSpec(n, p) for n, p in policies.items()]
     res = evaluate_models(specs, prompts, labelers=world.labeler_pool().heldout_labelers,
                           judge=world.judge, reference="sft",
                           max_new_tokens=cfg.eval.max_new_tokens,
@@ -96,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not (run / "summary.json").exists():
         ap.error(f"{run} is not a finished pipeline run (no summary.json)")
     cfg = load_config(run / "config.yaml", args.set)
+    summary = json.loads((run / "summary.json").read_text())
     world = World.load(run / "world/data")
     rewards = args.reward or ["gold", "rm"]
     iterations = args.iterations or [cfg.ppo.iterations]
@@ -105,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         for it in iterations:
             name = f"{reward}_{it}"
             t0 = time.time()
-            s = train_policy(cfg, run, reward, it, work / name, world)
+            s = train_policy(cfg, run, summary, reward, it, work / name, world)
             runs.append({"name": name, "reward": reward, "iterations": it,
                          "episodes": s["episodes"], "first_score": s["first_score"],
                          "final_score": s["final_score"], "final_kl": s["final_kl"],
@@ -113,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "wall_s": round(time.time() - t0, 1)})
             policies[name] = s["model"]
     t0 = time.time()
-    ev = evaluate(world, run, policies, args.prompts, cfg)
+    ev = evaluate(world, summary["sft"], policies, args.prompts, cfg)
     eval_s = round(time.time() - t0, 1)
 
     print(f"Oracle PPO from {run} (seed {cfg.seed}; overrides: {args.set or 'none'})")
@@ -130,9 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{m['gold']:6.3f} {m['hallucination']:7.1%} {r['wall_s']:5.0f}s")
     result = {"run": str(run), "config": cfg.model_dump(mode="json"), "seed": cfg.seed,
               "overrides": args.set, "runs": runs,
-              "eval": ev, "eval_s": eval_s,
-              "machine": machine(),
-              "date": time.strftime("%Y-%m-%d")}
+              "eval": ev, "eval_s": eval_s}
     write_result(args.out, result)
     return result
 

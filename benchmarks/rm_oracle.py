@@ -21,56 +21,47 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import machine, write_result  # noqa: E402
+from _bench import write_result  # noqa: E402
 
 
-def gold_ranking(world, prompt: str, responses: list[str]) -> list[list[int]]:
-    """Tie groups of response indices, best first, by gold score (equal scores tie)."""
-    g = [world.judge(world.record(prompt), r).score for r in responses]
-    order = sorted(range(len(g)), key=lambda i: (-g[i], i))
-    groups = [[order[0]]]
-    for prev, i in zip(order, order[1:]):
-        if g[prev] - g[i] > 1e-9:
-            groups.append([i])
-        else:
-            groups[-1].append(i)
-    return [sorted(x) for x in groups]
+def gold_labeler(world):
+    """A labeler who perceives the gold score exactly: no noise, no length bias, no misclicks;
+    equal gold scores tie. Its `rank` is the gold judge's ranking."""
+    from rlhf.world import Labeler, LabelerTraits
+
+    return Labeler(world, "gold", LabelerTraits(noise=0.0, length_bias=0.0, sloppiness=0.0,
+                                                slip_rate=0.0, tie_threshold=1e-9))
 
 
-def rerank(world, src: Path, dst: Path) -> Path:
-    """`src` rankings with every ranking replaced by the gold judge's."""
-    rows = [json.loads(x) for x in src.read_text().splitlines() if x.strip()]
+def rerank(labeler, src: Path, dst: Path) -> Path:
+    """`src` rankings with every ranking replaced by `labeler`'s."""
+    from rlhf.io import read_jsonl, write_jsonl_atomic
+
+    rows = [r for _, r in read_jsonl(src)]
     for r in rows:
-        r["ranking"] = gold_ranking(world, r["prompt"], r["responses"])
-        r["labeler_id"] = "gold"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        r["ranking"], r["labeler_id"] = labeler.rank(r["prompt"], r["responses"]), labeler.id
+    write_jsonl_atomic(dst, rows)
     return dst
-
-
-def _pairs(ranking: list[list[int]]):
-    """(better, worse) index pairs of a ranking (ties give none)."""
-    rank = {i: k for k, grp in enumerate(ranking) for i in grp}
-    for a, b in itertools.combinations(sorted(rank), 2):
-        if rank[a] != rank[b]:
-            yield (a, b) if rank[a] < rank[b] else (b, a)
 
 
 def pair_accuracy(rows: list[dict], scores: list[list[float]]) -> dict:
     """Share of the rankings' strict pairs that `scores` order the same way (ties count half)."""
-    hit = n = 0.0
-    for r, s in zip(rows, scores, strict=True):
-        for w, l in _pairs(r["ranking"]):
-            n += 1
-            hit += 1.0 if s[w] > s[l] else 0.5 if s[w] == s[l] else 0.0
-    return {"accuracy": hit / n if n else None, "pairs": int(n)}
+    import torch
+
+    from rlhf.rl.ranking import pair_stats, preference_matrix
+
+    pref = preference_matrix([r["ranking"] for r in rows])
+    padded = torch.zeros(pref.shape[:2])        # padding slots are in no pair
+    for b, s in enumerate(scores):
+        padded[b, :len(s)] = torch.tensor(s)
+    st = pair_stats(padded, pref)
+    n = int(st["n_pairs"])
+    return {"accuracy": float(st["correct"]) / n if n else None, "pairs": n}
 
 
 def rm_scores(rm_path: str, rows: list[dict], template: str) -> list[list[float]]:
@@ -102,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from rlhf.config import load_config
+    from rlhf.io import read_jsonl
     from rlhf.pipeline import _cfg_with
     from rlhf.train.reward import train_rm
     from rlhf.world import World
@@ -112,14 +104,13 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(rm_dir / "config.yaml", args.set)
     world = World.load(args.run / "world/data")
     work = args.work or args.run / "rm_oracle"
+    gold = gold_labeler(world)
     train = Path(cfg.rm.train_file)
-    sources = {"labelers": train, "gold": rerank(world, train, work / "train_gold.jsonl")}
-    valid_rows = [json.loads(x) for x in Path(cfg.rm.valid_file).read_text().splitlines()
-                  if x.strip()]
-    gold_rows = [{**r, "ranking": gold_ranking(world, r["prompt"], r["responses"])}
-                 for r in valid_rows]
+    sources = {"labelers": train, "gold": rerank(gold, train, work / "train_gold.jsonl")}
+    valid_rows = [r for _, r in read_jsonl(cfg.rm.valid_file)]
+    gold_rows = [{**r, "ranking": gold.rank(r["prompt"], r["responses"])} for r in valid_rows]
     # the gold judge against the labelers: what noise leaves for any RM
-    gold_scores = [[world.judge(world.record(r["prompt"]), x).score for x in r["responses"]]
+    gold_scores = [world.gold_reward([r["prompt"]] * len(r["responses"]), r["responses"])
                    for r in valid_rows]
     ceiling = pair_accuracy(valid_rows, gold_scores)
 
@@ -148,9 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['vs_labelers_log_loss']:8.4f} {r['vs_gold']:8.1%} {r['wall_s']:5.0f}s")
     result = {"run": str(args.run), "config": cfg.model_dump(mode="json"),
               "round": args.round, "overrides": args.set,
-              "gold_vs_labelers": ceiling, "runs": runs,
-              "machine": machine(),
-              "date": time.strftime("%Y-%m-%d")}
+              "gold_vs_labelers": ceiling, "runs": runs}
     write_result(args.out, result)
     return result
 
