@@ -307,6 +307,36 @@ def test_shared_value_head_starts_at_zero_and_trains(world, tmp_path):
     assert Path(s["model"]).joinpath("config.json").exists()
 
 
+def test_critic_warmup_trains_only_the_value_model(world, tmp_path):
+    """ppo.critic_warmup_iterations = 2 of 3: after iterations 0 and 1 the policy (and its EMA)
+    are still the SFT weights while the value model has moved; iteration 2 moves the policy,
+    whose LR schedule starts then (warmup from 0.1×), while the value model's started at 0.
+    PPO-ptx's pretraining loss waits for the policy too."""
+    seen = []
+
+    def hooks(event, state):
+        if event == "iteration":
+            a, tr = state["actors"], state["trainer"]
+            lm = a.lm.state_dict()
+            seen.append((all(torch.equal(lm[k], v) for k, v in sft.items()),
+                         {k: v.detach().clone() for k, v in a.value.state_dict().items()},
+                         tr.value_opt.param_groups[0]["lr"], tr.ema.num_updates))
+
+    sft = weights(world["sft"])
+    P.ppo(make_cfg(world, iterations=3, critic_warmup_iterations=2, warmup_iterations=2,
+                   ptx_files=[str(world["text"])], gamma_ptx=1.0, ptx_ratio=1,
+                   ptx_block_size=16), tmp_path / "run", hooks=hooks)
+    assert [s[0] for s in seen] == [True, True, False]            # the policy is frozen ...
+    assert [s[3] for s in seen] == [0, 0, 2]                      # ... and so is its EMA
+    assert not same(seen[0][1], seen[1][1])                       # the value model trained
+    rows = read_metrics(tmp_path / "run")
+    assert [r["lr"] for r in rows] == pytest.approx([1e-4, 1e-4, 1e-4])   # policy: 0.1× at 2
+    assert [s[2] for s in seen] == pytest.approx([1e-4, 5.5e-4, 1e-3])    # value: from 0
+    assert "grad/policy_norm" not in rows[0] and "ptx/loss" not in rows[0]
+    assert rows[2]["grad/policy_norm"] > 0 and rows[2]["ptx/loss"] > 0
+    assert rows[0]["grad/value_norm"] > 0 and math.isfinite(rows[0]["policy/loss"])
+
+
 # ------------------------------------------------------------------------- ptx, EMA, resume
 
 def test_gamma_ptx_zero_is_bit_identical_to_plain_ppo(world, tmp_path):

@@ -46,10 +46,22 @@ def test_ptx_and_world_size_in_the_plan():
     ({"minibatch_size": 1024}, 1, r"larger than ppo.episodes_per_iteration"),
     ({"ppo_epochs": 0}, 1, r"ppo.ppo_epochs must be at least 1"),
     ({"gamma_ptx": 1.0, "ptx_ratio": 0}, 1, r"ptx_ratio must be at least 1"),
+    ({"iterations": 5, "critic_warmup_iterations": 5}, 1,
+     r"critic_warmup_iterations \(5\) must be at least 0 and less than ppo.iterations \(5\)"),
+    ({"critic_warmup_iterations": 2, "value_model": "shared"}, 1,
+     r"critic_warmup_iterations needs ppo.value_model: separate"),
 ])
 def test_inconsistent_plans_say_what_to_change(over, ws, expect):
     with pytest.raises(UserError, match=expect):
         PPOPlan.from_config(PPOConfig(**over), ws).validate()
+
+
+def test_critic_warmup_in_the_plan():
+    plan = PPOPlan.from_config(PPOConfig(iterations=30, critic_warmup_iterations=5)).validate()
+    assert plan.policy_iterations == 25
+    assert [plan.policy_frozen(i) for i in (0, 4, 5, 29)] == [True, True, False, False]
+    assert "the first 5 iterations train only the value model; the policy trains in the " \
+        "other 25" in plan.describe()
 
 
 def test_context_length_is_checked():

@@ -153,6 +153,9 @@ class PPOConfig(Section):
     clip_range_value: float = 0.2
     vf_coef: float = 0.1            # only for the shared-trunk value head
     value_model: Literal["separate", "shared"] = "separate"  # paper: separate, init from RM
+    critic_warmup_iterations: int = 0  # the first N of `iterations` train only the value model
+                                    # (policy frozen; OpenRLHF's freezing_actor_steps). Not in
+                                    # the paper; an RM scores whole answers, not prefixes
     # optimisation
     lr: float = 9.65e-6             # policy LR (App. E.9 sweeps 2.55e-6..2.55e-5)
     value_lr: float = 9e-6          # paper: value function LR 9e-6

@@ -991,18 +991,23 @@ class Trainer:
         self.keep = _logits_to_keep_mode(actors.policy) or False
 
     # -------------------------------------------------------------- schedule
-    def lr_factor(self, iteration: int) -> float:
+    def lr_factor(self, iteration: int, value: bool = False) -> float:
+        """The LR multiplier at `iteration`. The policy's schedule starts when it starts
+        training, after the critic warm-up; the value model's at iteration 0."""
+        start = 0 if value else self.plan.critic_warmup_iterations
+        i, n = max(iteration - start, 0), self.plan.iterations - start
         if self.p.lr_schedule == "linear":                 # [LMHP]/[N+]: lr·(1 − frac)
-            return rl.linear_decay(iteration, self.plan.iterations)
-        return rl.constant_with_warmup(iteration, self.p.warmup_iterations)  # [IGPT]
+            return rl.linear_decay(i, n)
+        return rl.constant_with_warmup(i, self.p.warmup_iterations)  # [IGPT]
 
     def set_lr(self, iteration: int) -> float:
+        """Set both optimisers' LR for `iteration`; returns the policy's multiplier."""
         f = self.lr_factor(iteration)
         for g in self.opt.param_groups:
             g["lr"] = self.p.lr * f
         if self.value_opt is not None:
             for g in self.value_opt.param_groups:
-                g["lr"] = self.p.value_lr * f
+                g["lr"] = self.p.value_lr * self.lr_factor(iteration, value=True)
         return f
 
     # -------------------------------------------------------------- state
@@ -1022,12 +1027,15 @@ class Trainer:
 
     # -------------------------------------------------------------- one micro-batch
     def micro_losses(self, mb: Episodes, n_tokens: Tensor, check_ratio: bool,
-                     want_entropy: bool, where: str) -> dict[str, Tensor]:
+                     want_entropy: bool, where: str,
+                     policy_frozen: bool = False) -> dict[str, Tensor]:
         """Forward + backward of one micro-batch; its loss is weighted by its share of the
-        minibatch's valid tokens (× world size, as DDP averages), so accumulation is exact."""
+        minibatch's valid tokens (× world size, as DDP averages), so accumulation is exact.
+        `policy_frozen` (critic warm-up): the policy is only scored, for the logs and the
+        ratio check, and only the separate value model gets gradients."""
         p, ws = self.p, dist.world_size()
         w = mb.mask.sum() / n_tokens * ws
-        with autocast_context(self.a.autocast):
+        with autocast_context(self.a.autocast), torch.set_grad_enabled(not policy_frozen):
             new_lp, ent, v_shared = score_response(self.ddp_policy, mb.query, mb.query_mask,
                                                    mb.response, mb.mask, p.temperature,
                                                    self.pad, want_entropy, self.keep)
@@ -1044,7 +1052,8 @@ class Trainer:
             loss = pg + p.vf_coef * vf
         else:
             loss = pg
-        (loss * w).backward()
+        if not policy_frozen:
+            (loss * w).backward()
         if self.ddp_value is not None:
             with autocast_context(self.a.autocast):
                 vpred = value_forward(self.ddp_value, mb.query, mb.query_mask, mb.response,
@@ -1125,6 +1134,7 @@ class Trainer:
             self.ddp_value.train()
         named_policy = [(n, q) for n, q in self.a.policy.named_parameters() if q.requires_grad]
         named_value = list(self.a.value.named_parameters()) if self.a.value else []
+        frozen = plan.policy_frozen(iteration)     # critic warm-up: the value model only
         for epoch in range(p.ppo_epochs):
             g = torch.Generator().manual_seed(_seed(self.seed, 5, iteration, epoch, dist.rank()))
             perm = torch.randperm(n_local, generator=g)
@@ -1143,7 +1153,7 @@ class Trainer:
                                  else contextlib.nullcontext()):
                             st = self.micro_losses(ep.select(part), n_tokens.float(),
                                                    check_ratio=first, want_entropy=first,
-                                                   where=where)
+                                                   where=where, policy_frozen=frozen)
                         losses.append(st)
                         for key, v in st.items():
                             sums[key] = sums[key] + v
@@ -1154,7 +1164,7 @@ class Trainer:
                     g_ppo = _grads(self.policy_params)
                     ppo_norm = _norm(g_ppo)
                 with timer("train_ptx"):
-                    if plan.ptx_on:
+                    if plan.ptx_on and not frozen:
                         g_copy = [None if q.grad is None else q.grad.clone()
                                   for q in self.policy_params]
                         ptx = self.ptx_losses(iteration, epoch, k)
@@ -1169,23 +1179,8 @@ class Trainer:
                         counts["grad/ptx_norm"] += 1
                         del g_copy
                 with timer("train_step"):
-                    total = _norm(_grads(self.policy_params))
-                    if not bool(torch.isfinite(total)):
-                        phase = "the PPO backward" if not bool(torch.isfinite(ppo_norm)) \
-                            else "the ptx backward"
-                        raise NonFiniteError(
-                            f"non-finite policy gradient at {where}, after {phase} (first bad "
-                            f"parameter: {_first_bad_param(named_policy)}); the losses were "
-                            "finite, so look for an overflow in the backward pass (LR too "
-                            "high, fp16 without scaling, extreme logits)")
-                    if p.grad_clip:
-                        torch.nn.utils.clip_grads_with_norm_(self.policy_params, p.grad_clip,
-                                                             total)
-                    self.opt.step()
-                    self.opt.zero_grad(set_to_none=True)
-                    for key, v in (("grad/ppo_norm", ppo_norm), ("grad/policy_norm", total)):
-                        sums[key] = sums[key] + v
-                        counts[key] += 1
+                    if not frozen:
+                        self._policy_step(ppo_norm, named_policy, where, sums, counts)
                     if self.value_opt is not None:
                         vnorm = _norm(_grads(self.value_params))
                         if not bool(torch.isfinite(vnorm)):
@@ -1199,7 +1194,7 @@ class Trainer:
                         self.value_opt.zero_grad(set_to_none=True)
                         sums["grad/value_norm"] = sums["grad/value_norm"] + vnorm
                         counts["grad/value_norm"] += 1
-                    if self.ema is not None:
+                    if self.ema is not None and not frozen:
                         self.ema.update(self.a.lm)
         self.ddp_policy.eval()
         if self.ddp_value is not None:
@@ -1210,6 +1205,26 @@ class Trainer:
         out = {key: float(v) for key, v in zip(keys, vec)}
         out["policy/first_minibatch_ratio_dev"] = self.first_ratio_dev
         return out
+
+    def _policy_step(self, ppo_norm: Tensor, named_policy: list, where: str,
+                     sums: dict[str, Tensor], counts: dict[str, int]) -> None:
+        """Clip and apply the accumulated policy gradient (PPO + ptx), refusing non-finite."""
+        total = _norm(_grads(self.policy_params))
+        if not bool(torch.isfinite(total)):
+            phase = "the PPO backward" if not bool(torch.isfinite(ppo_norm)) \
+                else "the ptx backward"
+            raise NonFiniteError(
+                f"non-finite policy gradient at {where}, after {phase} (first bad "
+                f"parameter: {_first_bad_param(named_policy)}); the losses were "
+                "finite, so look for an overflow in the backward pass (LR too "
+                "high, fp16 without scaling, extreme logits)")
+        if self.p.grad_clip:
+            torch.nn.utils.clip_grads_with_norm_(self.policy_params, self.p.grad_clip, total)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        for key, v in (("grad/ppo_norm", ppo_norm), ("grad/policy_norm", total)):
+            sums[key] = sums[key] + v
+            counts[key] += 1
 
     def _check_losses(self, losses: list[dict[str, Tensor]], where: str) -> None:
         for j, st in enumerate(losses):

@@ -48,6 +48,8 @@ class PPOPlan:
     ptx_ratio: int
     ptx_block_size: int
     gamma_ptx: float
+    critic_warmup_iterations: int = 0
+    shared_value: bool = False
 
     @classmethod
     def from_config(cls, p: PPOConfig, world_size: int = 1) -> "PPOPlan":
@@ -56,7 +58,9 @@ class PPOPlan:
                    minibatch_size=p.minibatch_size, micro_batch_size=p.micro_batch_size,
                    ppo_epochs=p.ppo_epochs, rollout_batch_size=p.rollout_batch_size,
                    max_prompt_length=p.max_prompt_length, max_new_tokens=p.max_new_tokens,
-                   ptx_ratio=p.ptx_ratio, ptx_block_size=p.ptx_block_size, gamma_ptx=p.gamma_ptx)
+                   ptx_ratio=p.ptx_ratio, ptx_block_size=p.ptx_block_size, gamma_ptx=p.gamma_ptx,
+                   critic_warmup_iterations=p.critic_warmup_iterations,
+                   shared_value=p.value_model == "shared")
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -82,6 +86,15 @@ class PPOPlan:
     @property
     def rollout_chunks_per_rank(self) -> int:
         return math.ceil(self.episodes_per_rank / self.rollout_chunk)
+
+    @property
+    def policy_iterations(self) -> int:
+        """Iterations that update the policy (after the critic warm-up)."""
+        return self.iterations - self.critic_warmup_iterations
+
+    def policy_frozen(self, iteration: int) -> bool:
+        """True during the critic warm-up: only the value model trains at `iteration`."""
+        return iteration < self.critic_warmup_iterations
 
     @property
     def steps_per_iteration(self) -> int:
@@ -145,6 +158,14 @@ class PPOPlan:
         if M > E:
             errs.append(f"ppo.minibatch_size ({M}) is larger than ppo.episodes_per_iteration "
                         f"({E}): lower minibatch_size or raise episodes_per_iteration")
+        w = self.critic_warmup_iterations
+        if w < 0 or w >= self.iterations:
+            errs.append(f"ppo.critic_warmup_iterations ({w}) must be at least 0 and less than "
+                        f"ppo.iterations ({self.iterations}), which it is part of: the policy "
+                        f"trains in the remaining iterations")
+        elif w and self.shared_value:
+            errs.append("ppo.critic_warmup_iterations needs ppo.value_model: separate (with a "
+                        "shared trunk, training the value head trains the policy too)")
         if self.gamma_ptx < 0:
             errs.append(f"ppo.gamma_ptx must be >= 0 (got {self.gamma_ptx}); 0 is plain PPO")
         if self.ptx_on and self.ptx_ratio < 1:
@@ -198,6 +219,10 @@ class PPOPlan:
                 f"per process")
         else:
             lines.append("  ptx          : off (gamma_ptx = 0: plain PPO)")
+        if self.critic_warmup_iterations:
+            lines.append(
+                f"  critic warm-up: the first {self.critic_warmup_iterations} iterations train "
+                f"only the value model; the policy trains in the other {self.policy_iterations}")
         lines.append(
             f"  total        : {self.iterations:,} iterations = {self.total_episodes:,} episodes, "
             f"{self.total_steps:,} optimizer steps")
