@@ -94,6 +94,23 @@ def test_rerun_skips_finished_stages(quick_run):
     assert "done already" not in r.stdout and (quick_run / "config.yaml").read_text() == before
 
 
+def test_a_ppo_plan_that_breaks_in_round_2_is_refused_before_any_stage(tmp_path):
+    """A critic warm-up of 3 fits round 1's 5 PPO iterations but not round 2's 3: the pipeline
+    says so, naming the field, before it builds the world or writes anything."""
+    from rlhf.config import load_config
+    from rlhf.errors import UserError
+    from rlhf.pipeline import run_pipeline
+
+    cfg = load_config(ROOT / "configs/quick.yaml",
+                      ["ppo.iterations=5", "ppo.critic_warmup_iterations=3",
+                       "pipeline.ppo_iterations_later_rounds=3"])
+    want = (r"(?s)field 'pipeline.ppo_iterations_later_rounds'.*round 2's PPO plan is "
+            r"inconsistent.*critic_warmup_iterations \(3\) must be")
+    with pytest.raises(UserError, match=want):
+        run_pipeline(cfg, tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []
+
+
 def test_config_differences_name_dotted_keys():
     from rlhf.pipeline import config_differences
     old = {"seed": 0, "ppo": {"lr": 1e-4, "kl": {"beta": 0.02}}, "gone": 1}

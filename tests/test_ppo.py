@@ -330,7 +330,7 @@ def test_critic_warmup_trains_only_the_value_model(world, tmp_path):
     assert [s[3] for s in seen] == [0, 0, 2]                      # ... and so is its EMA
     assert not same(seen[0][1], seen[1][1])                       # the value model trained
     rows = read_metrics(tmp_path / "run")
-    assert [r["lr"] for r in rows] == pytest.approx([1e-4, 1e-4, 1e-4])   # policy: 0.1× at 2
+    assert [r["lr"] for r in rows] == pytest.approx([0.0, 0.0, 1e-4])     # policy: 0.1× at 2
     assert [s[2] for s in seen] == pytest.approx([1e-4, 5.5e-4, 1e-3])    # value: from 0
     assert "grad/policy_norm" not in rows[0] and "ptx/loss" not in rows[0]
     assert rows[2]["grad/policy_norm"] > 0 and rows[2]["ptx/loss"] > 0

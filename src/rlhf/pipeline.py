@@ -159,6 +159,32 @@ def check_resumable(root: Path, cfg: Config) -> None:
                         "folder to start again", path=str(path), field=diff[0])
 
 
+def ppo_iterations(cfg: Config, r: int) -> int:
+    """PPO iterations of round r (1-based): ppo.iterations, later rounds
+    pipeline.ppo_iterations_later_rounds when set."""
+    later = cfg.pipeline.ppo_iterations_later_rounds
+    return cfg.ppo.iterations if r == 1 or not later else later
+
+
+def check_ppo_plans(cfg: Config) -> None:
+    """Every round's PPO batch plan, checked before any stage runs (a plan that only breaks in
+    round 2 would otherwise stop the run after its first PPO stages)."""
+    from rlhf.train.ppo_plan import PPOPlan
+
+    p = cfg.pipeline
+    gammas = [0.0] + ([p.ppo_ptx_gamma] if p.ppo_ptx else [])
+    for r in range(1, p.rounds + 1):
+        for gamma in gammas:
+            ppo_cfg = cfg.ppo.model_copy(update={"iterations": ppo_iterations(cfg, r),
+                                                 "gamma_ptx": gamma})
+            errs = PPOPlan.from_config(ppo_cfg).problems()
+            if errs:
+                field = ("pipeline.ppo_iterations_later_rounds" if r > 1
+                         and p.ppo_iterations_later_rounds else None)
+                raise UserError(f"round {r}'s PPO{'-ptx' if gamma else ''} plan is "
+                                "inconsistent:\n  - " + "\n  - ".join(errs), field=field)
+
+
 # ------------------------------------------------------------------------------ the pipeline
 
 def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
@@ -171,6 +197,7 @@ def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     check_resumable(root, cfg)
+    check_ppo_plans(cfg)
     write_text_atomic(root / "config.yaml", dump_config(cfg))
     st = Stages(root)
     p = cfg.pipeline
@@ -235,8 +262,7 @@ def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
                     seed=cfg.seed)))
             sft_model = policy = sel["selected"]
 
-        iters = cfg.ppo.iterations if r == 1 else (p.ppo_iterations_later_rounds
-                                                  or cfg.ppo.iterations)
+        iters = ppo_iterations(cfg, r)
         variants = [("ppo", 0.0)] + ([("ppo_ptx", p.ppo_ptx_gamma)] if p.ppo_ptx else [])
         results = {}
         for name, gamma in variants:

@@ -1001,14 +1001,15 @@ class Trainer:
         return rl.constant_with_warmup(i, self.p.warmup_iterations)  # [IGPT]
 
     def set_lr(self, iteration: int) -> float:
-        """Set both optimisers' LR for `iteration`; returns the policy's multiplier."""
+        """Set both optimisers' LR for `iteration`; returns the policy's multiplier (0 during
+        the critic warm-up, when the policy does not step)."""
         f = self.lr_factor(iteration)
         for g in self.opt.param_groups:
             g["lr"] = self.p.lr * f
         if self.value_opt is not None:
             for g in self.value_opt.param_groups:
                 g["lr"] = self.p.value_lr * self.lr_factor(iteration, value=True)
-        return f
+        return 0.0 if self.plan.policy_frozen(iteration) else f
 
     # -------------------------------------------------------------- state
     def state_dict(self) -> dict:
