@@ -177,6 +177,42 @@ def test_sample_model_and_harness(tiny_dir, tmp_path):
     assert (tmp_path / "ev" / "win_rate.png").exists() and "report.html" in written
 
 
+class TasteLabeler(FakeLabeler):
+    """Prefers longer answers ("long") or shorter ones ("short"), and rates by that taste."""
+
+    def rank(self, prompt, responses):
+        sign = -1 if self.id == "long" else 1
+        order = sorted(range(len(responses)), key=lambda i: sign * len(responses[i]))
+        return [[i] for i in order]
+
+    def rate(self, prompt, response):
+        r = super().rate(prompt, response)
+        return {**r, "likert": 1 + (len(response) + (self.id == "long")) % 7}
+
+
+def test_comparisons_are_paired_whatever_the_other_models(tmp_path):
+    """A model's win rate, outcomes and ratings are the same evaluated alone or after another
+    model: every model meets the same labeler on each prompt (with two labelers of opposite
+    taste, a per-model labeler draw would change them)."""
+    from rlhf.eval.harness import ModelSpec, evaluate_models
+
+    prompts = [{"prompt": f"Say {i}", "category": "generation"} for i in range(8)]
+    answers = {"sft": ["a b c"] * 8, "other": ["a"] * 8,
+               "ppo": ["a b c d e" if i % 3 else "a" for i in range(8)]}
+    labelers = [TasteLabeler("long"), TasteLabeler("short")]
+
+    def run(names):
+        res = evaluate_models([ModelSpec(n, tmp_path / n) for n in names], prompts,
+                              labelers=labelers, responses={n: answers[n] for n in names},
+                              n_boot=0)
+        return res["models"]["ppo"]
+
+    alone, after = run(["sft", "ppo"]), run(["sft", "other", "ppo"])
+    for key in ("win_rate", "wins", "ties", "losses", "likert", "labelers"):
+        assert alone[key] == after[key], key
+    assert 0 < alone["win_rate"] < 1                     # both tastes were used
+
+
 def test_checkpoint_curve_kl_zero_at_reference(tiny_dir, tmp_path):
     import torch
 

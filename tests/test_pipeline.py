@@ -94,6 +94,26 @@ def test_rerun_skips_finished_stages(quick_run):
     assert "done already" not in r.stdout and (quick_run / "config.yaml").read_text() == before
 
 
+def test_a_run_from_before_a_new_option_still_resumes(tmp_path):
+    """A run folder whose config.yaml predates an option (here ppo.critic_warmup_iterations)
+    resumes when the option is at its default, and is refused when it is not."""
+    import yaml
+
+    from rlhf.config import dump_config, load_config
+    from rlhf.errors import UserError
+    from rlhf.pipeline import check_resumable
+
+    cfg = load_config(ROOT / "configs/quick.yaml")
+    old = yaml.safe_load(dump_config(cfg))
+    del old["ppo"]["critic_warmup_iterations"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    check_resumable(tmp_path, cfg)
+    changed = load_config(ROOT / "configs/quick.yaml", ["ppo.critic_warmup_iterations=1"])
+    with pytest.raises(UserError, match=r"different config \(ppo.critic_warmup_iterations "
+                                        r"differ\)"):
+        check_resumable(tmp_path, changed)
+
+
 def test_a_ppo_plan_that_breaks_in_round_2_is_refused_before_any_stage(tmp_path):
     """A critic warm-up of 3 fits round 1's 5 PPO iterations but not round 2's 3: the pipeline
     says so, naming the field, before it builds the world or writes anything."""

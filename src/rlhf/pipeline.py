@@ -150,6 +150,10 @@ def check_resumable(root: Path, cfg: Config) -> None:
     if not path.exists():
         return
     old, new = yaml.safe_load(path.read_text()) or {}, cfg.model_dump(mode="json")
+    try:    # options added to rlhf since the run started count with their defaults
+        old = Config.model_validate(old).model_dump(mode="json")
+    except ValueError:
+        pass                                        # an option since removed: compare as is
     old.pop("out", None), new.pop("out", None)      # the folder may be named another way
     diff = config_differences(old, new)
     if diff:

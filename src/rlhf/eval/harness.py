@@ -6,6 +6,11 @@ then against the reference model's responses: the held-out labelers' win rate (+
 control), their Likert and metadata, optionally the gold judge's view, the mean proxy RM score,
 held-out pretraining perplexity and TruthfulQA MC1/MC2. Samples are written to
 `out_dir/samples/<name>.jsonl` when `out_dir` is given.
+
+Comparisons are paired: on each prompt, every model's answer is judged against the reference's
+by the same labeler, shown in the same order (one seed for all models). So a model's figures do
+not depend on which other models are evaluated with it or on their order, and the difference
+between two models' win rates comes from their answers, not from different labeler draws.
 """
 
 from __future__ import annotations
@@ -103,15 +108,15 @@ def evaluate_models(specs: Sequence[ModelSpec], prompts: Sequence, *, labelers: 
                                  "response": r} for p, r in zip(prompts, resp[s.name])])
     models: dict[str, dict] = {}
     ref = resp[reference]
-    for i, s in enumerate(specs):
+    for s in specs:
         t0 = time.time()
         m: dict[str, Any] = {"kind": s.kind, "round": s.round, "path": str(s.path), **s.extra}
         if s.name == reference:
             m["is_reference"] = True
         else:
             m.update(compare_to_reference(prompts, resp[s.name], ref, labelers,
-                                          seed=seed + 7919 * i, n_boot=n_boot))
-        m.update(rate_responses(prompts, None, resp[s.name], labelers, seed=seed + 104729 + i,
+                                          seed=seed, n_boot=n_boot))
+        m.update(rate_responses(prompts, None, resp[s.name], labelers, seed=seed + 104729,
                                 closed_domain=closed))
         if judge is not None:
             m["gold"] = judge_responses(prompts, resp[s.name], judge, closed_domain=closed)

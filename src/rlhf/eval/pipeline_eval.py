@@ -95,9 +95,9 @@ def evaluate_pipeline(cfg, world, pool, root: str | Path, *, base: str, sft: str
     best = [world.good_response(q) for q in prompts]
     results["ceiling"] = {
         "name": "gold writer",
-        # seeded like one more model in evaluate_models (model i uses seed + 7919 * i)
+        # paired like the models in evaluate_models: the same labeler and order per prompt
         **compare_to_reference(prompts, best, responses["sft"], pool.heldout_labelers,
-                               seed=cfg.seed + 7919 * len(specs)),
+                               seed=cfg.seed),
         "gold": judge_responses(prompts, best, world.judge, closed_domain=closed)}
     timings["ceiling"] = round(time.time() - t0, 2)
 
