@@ -199,9 +199,9 @@ def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
     from rlhf.world import World, build_world
 
     root = Path(out_dir)
+    check_ppo_plans(cfg)
     root.mkdir(parents=True, exist_ok=True)
     check_resumable(root, cfg)
-    check_ppo_plans(cfg)
     write_text_atomic(root / "config.yaml", dump_config(cfg))
     st = Stages(root)
     p = cfg.pipeline
