@@ -120,3 +120,53 @@ def test_small_pools_hold_out_a_quarter(world: World):
     assert len(LabelerPool(world, n=8).heldout_labelers) == 2
     small = World(0, n_sft=10, n_sft_valid=2, n_rm=10, n_ppo=10, n_test=10, n_labelers=6)
     assert len(small.labeler_pool().train_labelers) == 5
+
+
+# ---------------------------------------------------------------- demonstrators' writing habits
+def _habit_world(chatty: float, aside: float) -> World:
+    return World(0, **SIZES, chatty_rate=chatty, aside_rate=aside)
+
+
+def test_habits_off_leave_the_pool_and_its_demonstrations_as_they_were(world: World):
+    plain, off = world.labeler_pool(), _habit_world(0.0, 0.0).labeler_pool()
+    assert [lab.traits for lab in plain.labelers] == [lab.traits for lab in off.labelers]
+    recs = world.prompts("sft")[:100]
+    assert [plain.train_labelers[i % 30].demonstrate(r) for i, r in enumerate(recs)] == \
+        [off.train_labelers[i % 30].demonstrate(r) for i, r in enumerate(recs)]
+
+
+def test_habits_change_only_the_habit_traits_and_vary_by_demonstrator(world: World):
+    pool = _habit_world(0.3, 0.2).labeler_pool()
+    plain = world.labeler_pool()
+    for a, b in zip(pool.labelers, plain.labelers):
+        assert (a.traits.noise, a.traits.length_bias, a.traits.sloppiness, a.traits.slip_rate) \
+            == (b.traits.noise, b.traits.length_bias, b.traits.sloppiness, b.traits.slip_rate)
+    chatty = [lab.traits.chatty for lab in pool.labelers]
+    assert 0.2 < sum(chatty) / len(chatty) < 0.4 and min(chatty) < 0.1 and max(chatty) > 0.45
+
+
+def test_habits_appear_at_their_rates_and_the_gold_judge_prefers_plain_answers():
+    from rlhf.world.writer import CHATTY_CLOSERS, CHATTY_OPENERS
+    w = _habit_world(0.3, 0.2)
+    pool, plain_pool = w.labeler_pool(), World(0, **SIZES).labeler_pool()
+    n = chatty = asides = 0
+    worse = []
+    for i, rec in enumerate(w.prompts("sft")):
+        if rec["category"] == "harmful":
+            continue
+        lab, plain_lab = pool.train_labelers[i % 30], plain_pool.train_labelers[i % 30]
+        demo, plain = lab.demonstrate(rec), plain_lab.demonstrate(rec)
+        n += 1
+        has_chat = any(p in demo for p in CHATTY_OPENERS + CHATTY_CLOSERS)
+        has_aside = "By the way, " in demo
+        chatty += has_chat
+        asides += has_aside
+        if has_chat or has_aside:
+            assert demo != plain
+            worse.append(w.judge(rec, plain).score - w.judge(rec, demo).score)
+        else:
+            assert demo == plain
+    assert 0.2 < chatty / n < 0.4 and 0.1 < asides / n < 0.3
+    # rankers consistently prefer the plain answer: a clear margin, on average and mostly
+    assert sum(worse) / len(worse) > 0.2
+    assert sum(d > 0 for d in worse) / len(worse) > 0.9

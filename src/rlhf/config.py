@@ -203,6 +203,10 @@ class PipelineConfig(Section):
     eval_prompts: int | None = None # test prompts evaluated (None = all)
     curve_prompts: int = 48         # prompts for the proxy/gold-vs-sqrt(KL) curve per checkpoint
     copy_probe_stories: int = 50    # stories for the copy probe (x 2 shapes x 5 details); 0: off
+    base_cache: bool = True         # reuse a base pretrained on the same corpus with the same
+                                    # pretrain section and seed (the paper's GPT-3 is an input)
+    cache_dir: str | None = None    # default: $RLHF_CACHE_DIR, else $XDG_CACHE_HOME/rlhf,
+                                    # else ~/.cache/rlhf
 
 
 class Config(Section):

@@ -16,8 +16,12 @@ continues where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -189,6 +193,80 @@ def check_ppo_plans(cfg: Config) -> None:
                                 "inconsistent:\n  - " + "\n  - ".join(errs), field=field)
 
 
+# ------------------------------------------------------------------------------ base cache
+
+BASE_CACHE_VERSION = 1
+
+
+def cache_root(cfg: Config) -> Path:
+    """pipeline.cache_dir, else $RLHF_CACHE_DIR, else $XDG_CACHE_HOME/rlhf, else ~/.cache/rlhf."""
+    if cfg.pipeline.cache_dir:
+        return Path(cfg.pipeline.cache_dir).expanduser()
+    if os.environ.get("RLHF_CACHE_DIR"):
+        return Path(os.environ["RLHF_CACHE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "rlhf"
+
+
+def _file_digest(paths: list[str]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def base_cache_key(cfg: Config, train_files: list[str], valid_files: list[str]) -> str:
+    """What fixes a pretrained base: the corpus text, the pretrain section (its file paths
+    aside), the seed, and the library versions that compute it."""
+    import torch
+    import transformers
+
+    section = cfg.pretrain.model_dump(mode="json")
+    section.pop("train_files", None), section.pop("valid_files", None)
+    ident = {"version": BASE_CACHE_VERSION, "seed": cfg.seed, "pretrain": section,
+             "train": _file_digest(train_files), "valid": _file_digest(valid_files),
+             "torch": torch.__version__, "transformers": transformers.__version__}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached_base(cfg: Config, train_files: list[str], valid_files: list[str], out: Path,
+                train: Callable[[Path], dict]) -> dict:
+    """The pretrain stage through the base cache: a hit copies the cached `final/` into `out`;
+    a miss runs `train(out)` and then publishes its `final/` (copied to a temporary folder,
+    then renamed, so a half-written entry is never seen)."""
+    if not cfg.pipeline.base_cache:
+        return train(out)
+    entry = cache_root(cfg) / "bases" / base_cache_key(cfg, train_files, valid_files)
+    if (entry / "summary.json").exists():
+        summary = json.loads((entry / "summary.json").read_text())
+        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".final-"))
+        shutil.copytree(entry / "final", tmp, dirs_exist_ok=True)
+        if (out / "final").exists():
+            shutil.rmtree(out / "final")
+        os.replace(tmp, out / "final")
+        _log(f"pretrain: base taken from the cache {entry}")
+        return {**summary, "model": str(out / "final"), "cached_from": str(entry)}
+    summary = train(out)
+    if summary.get("halted") or entry.exists():
+        return summary
+    tmp = None
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}-"))
+        shutil.copytree(out / "final", tmp / "final")
+        write_json_atomic(tmp / "summary.json", {k: v for k, v in summary.items()
+                                                 if k != "model"})
+        os.replace(tmp, entry)
+    except OSError as e:      # a read-only or full cache folder costs the reuse, not the run
+        _log(f"pretrain: could not store the base in the cache {entry} ({e})")
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
 # ------------------------------------------------------------------------------ the pipeline
 
 def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
@@ -218,7 +296,7 @@ def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
 
     def _pretrain(d: Path) -> dict:
         c = _cfg_with(cfg, pretrain={"train_files": pre_files, "valid_files": valid_text})
-        return pretrain(c, d, resume=True)
+        return cached_base(c, pre_files, valid_text, d, lambda dd: pretrain(c, dd, resume=True))
     base = st.run("pretrain", _pretrain)["model"]
 
     def _sft(d: Path) -> dict:

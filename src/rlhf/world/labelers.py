@@ -14,7 +14,14 @@ the same response twice sees the same thing, and every run is reproducible. On t
 - rate(prompt, response): Likert from the perceived score; the gold flags, each flipped with
   probability sloppiness / 2.
 - demonstrate(prompt): the gold writer's answer in this labeler's own phrasing, with one slip
-  (rlhf.world.writer.slip) at the labeler's slip rate.
+  (rlhf.world.writer.slip) at the labeler's slip rate, and this person's writing habits
+  (rlhf.world.writer.chatty, rlhf.world.writer.aside) at their own rates.
+
+Writing habits model a property of real demonstration data: people write in mixed styles (some
+greet and sign off, some add a fact they know), while the same people, ranking, consistently
+prefer the plain answer the gold judge scores best. Judging is easier than writing: the premise
+of steps 2 and 3. Each labeler's habit rate is the pool's mean rate times U(0, 2), drawn from a
+generator of its own, so a pool with habits has exactly the traits of the pool without.
 
 The pool's default noise was tuned so two training labelers agree about 72.6% of the time on
 pairs of realistic policy samples (rlhf.world.samples), the paper's inter-annotator agreement.
@@ -32,7 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rlhf.world.judge import FLAG_NAMES, likert_of
-from rlhf.world.writer import good_response, slip
+from rlhf.world.writer import aside, chatty, good_response, slip
 
 if TYPE_CHECKING:
     from rlhf.world.world import World
@@ -49,6 +56,8 @@ class LabelerTraits:
     sloppiness: float     # probability of a random adjacent swap per ranking
     slip_rate: float      # probability that a demonstration carries a slip
     tie_threshold: float  # perceived scores closer than this are tied
+    chatty: float = 0.0   # probability that a demonstration greets and/or signs off
+    aside: float = 0.0    # probability that a demonstration adds an unasked fact at the end
 
 
 def _rng(*parts: Any) -> random.Random:
@@ -118,7 +127,18 @@ class Labeler:
         answer = good_response(self.world.universe, rec, rng)
         if rng.random() < self.traits.slip_rate:
             answer = slip(self.world.universe, rec, answer, rng)
+        habit = _rng("habit", self.id, rec["prompt"])   # its own stream: habits off = no habits
+        if rng_hit(habit, self.traits.chatty) and rec["category"] != "harmful":
+            answer = chatty(rec, answer, habit)
+        if rng_hit(habit, self.traits.aside) and rec["category"] != "harmful":
+            answer = aside(self.world.universe, rec, answer, habit)
         return answer
+
+
+def rng_hit(rng: random.Random, p: float) -> bool:
+    """One draw: True with probability p (the draw is made even when p is 0, so the stream is
+    the same whatever the rates)."""
+    return rng.random() < p
 
 
 def default_heldout(n: int) -> int:
@@ -132,12 +152,14 @@ class LabelerPool:
 
     def __init__(self, world: World, n: int = 40, n_heldout: int | None = None, seed: int = 0, *,
                  noise: float = DEFAULT_NOISE, slip_rate: float = DEFAULT_SLIP_RATE,
-                 tie_threshold: float = DEFAULT_TIE_THRESHOLD):
+                 tie_threshold: float = DEFAULT_TIE_THRESHOLD, chatty_rate: float = 0.0,
+                 aside_rate: float = 0.0):
         if n_heldout is None:
             n_heldout = default_heldout(n)
         if not 0 <= n_heldout < n:
             raise ValueError(f"need 0 <= n_heldout < n, got n={n}, n_heldout={n_heldout}")
         rng = random.Random(f"labelers:{seed}")
+        habits = random.Random(f"habits:{seed}")   # apart, so the other traits never change
         self.labelers: list[Labeler] = []
         for i in range(n):
             traits = LabelerTraits(
@@ -146,6 +168,8 @@ class LabelerPool:
                 sloppiness=rng.uniform(0.0, 0.08),
                 slip_rate=min(1.0, slip_rate * rng.uniform(0.5, 1.5)),
                 tie_threshold=tie_threshold,
+                chatty=min(1.0, chatty_rate * habits.uniform(0.0, 2.0)),
+                aside=min(1.0, aside_rate * habits.uniform(0.0, 2.0)),
             )
             self.labelers.append(Labeler(world, f"sim-{i:02d}", traits, heldout=i >= n - n_heldout))
 

@@ -52,6 +52,8 @@ class WorldSizes:
     n_heldout: int | None = None  # default: a quarter of the labelers (10 of 40)
     noise: float = DEFAULT_NOISE
     slip_rate: float = DEFAULT_SLIP_RATE
+    chatty_rate: float = 0.0      # demonstrators' mean rate of greetings / sign-offs (habits)
+    aside_rate: float = 0.0       # demonstrators' mean rate of unasked facts (habits)
 
     def split_sizes(self) -> dict[str, int]:
         return {"sft": self.n_sft, "sft_valid": self.n_sft_valid, "rm": self.n_rm,
@@ -179,7 +181,9 @@ class World:
         if self._pool is None:
             self._pool = LabelerPool(self, n=self.sizes.n_labelers, n_heldout=self.sizes.heldout,
                                      seed=self.seed, noise=self.sizes.noise,
-                                     slip_rate=self.sizes.slip_rate)
+                                     slip_rate=self.sizes.slip_rate,
+                                     chatty_rate=self.sizes.chatty_rate,
+                                     aside_rate=self.sizes.aside_rate)
         return self._pool
 
 

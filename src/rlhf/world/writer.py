@@ -136,6 +136,34 @@ _WRITERS = {
 }
 
 
+# --------------------------------------------------------------------------- habits
+# What some people add to every kind of answer. The gold judge does not reward either: a
+# greeting breaks a list's form and an exact count of sentences, an unasked fact is a
+# hallucination in a closed-domain task and an extra item or sentence elsewhere.
+CHATTY_OPENERS: tuple[str, ...] = ("Happy to help!", "Good question!", "Hello! Happy to help.")
+CHATTY_CLOSERS: tuple[str, ...] = ("Have a nice day!", "I hope you like it.",
+                                   "I hope this is what you want.")
+
+
+def chatty(rec: Record, response: str, rng: random.Random) -> str:
+    """The response with a friendly opener, a sign-off, or both."""
+    joiner = "\n" if rec["category"] in _LIST_CATEGORIES else " "
+    form = rng.choice(("open", "close", "both"))
+    if form in ("open", "both"):
+        response = rng.choice(CHATTY_OPENERS) + joiner + response
+    if form in ("close", "both"):
+        response = response + joiner + rng.choice(CHATTY_CLOSERS)
+    return response
+
+
+def aside(u: Universe, rec: Record, response: str, rng: random.Random) -> str:
+    """The response with one more fact the writer knows, which nobody asked for."""
+    joiner = "\n" if rec["category"] in _LIST_CATEGORIES else " "
+    fact = _unrelated_sentence(u, rng)
+    return f"{response}{joiner}By the way, {fact[0].lower()}{fact[1:]}" \
+        if fact.startswith("The ") else f"{response}{joiner}By the way, {fact}"
+
+
 # --------------------------------------------------------------------------- slips
 SLIP_KINDS: tuple[str, ...] = ("typo", "count", "fact", "ramble", "no_period")
 _LIST_CATEGORIES = ("brainstorming", "extract")
