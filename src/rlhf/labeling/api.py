@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlhf.labeling import records as R
-from rlhf.labeling.errors import Forbidden, Invalid, Unauthorized
+from rlhf.labeling.errors import Forbidden, Invalid, TooManyAttempts, Unauthorized
 from rlhf.labeling.security import tokens_equal
 from rlhf.labeling.store import LabelerInfo, Store
 
@@ -24,6 +24,16 @@ EXPORT_KINDS = {"demonstration": "demonstration", "demonstrations": "demonstrati
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        """Every string anywhere in a body must be valid Unicode without NUL (a JSON body can
+        carry a lone surrogate such as "\\ud800", which nothing can store or export)."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                R.check_unicode(value, str(key))
+        return data
 
 
 class ProjectIn(Body):
@@ -81,6 +91,11 @@ def get_store(request: Request) -> Store:
 
 
 def _bearer(request: Request) -> str:
+    from rlhf.labeling.app import client_key
+
+    wait = request.app.state.login_limiter.retry_after(client_key(request.scope))
+    if wait:
+        raise TooManyAttempts(wait)
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -88,22 +103,40 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
+def _checked(request: Request, token: str) -> Any:
+    """What the token was found to be by AuthFirstMiddleware ("admin", a LabelerInfo), or None
+    when it did not look at this request (bodyless methods)."""
+    cached = getattr(request.state, "rlhf_auth", None)
+    return cached[1] if cached is not None and cached[0] == token else None
+
+
+def _failed_token(request: Request) -> None:
+    from rlhf.labeling.app import client_key
+
+    request.app.state.login_limiter.failed(client_key(request.scope))
+
+
 def require_admin(request: Request) -> None:
     token = _bearer(request)
-    if tokens_equal(token, request.app.state.admin_token):
+    checked = _checked(request, token)
+    if checked == "admin" or tokens_equal(token, request.app.state.admin_token):
         return
-    if get_store(request).authenticate(token) is not None:
+    if checked is not None or get_store(request).authenticate(token) is not None:
         raise Forbidden("this route needs the admin token; labeler tokens cannot use it")
+    _failed_token(request)
     raise Unauthorized("invalid token")
 
 
 def require_labeler(request: Request) -> LabelerInfo:
     token = _bearer(request)
-    labeler = get_store(request).authenticate(token)
+    checked = _checked(request, token)
+    labeler = checked if isinstance(checked, LabelerInfo) else \
+        get_store(request).authenticate(token)
     if labeler is not None:
         return labeler
     if tokens_equal(token, request.app.state.admin_token):
         raise Forbidden("this route is for labelers; use a labeler token (admins have no tasks)")
+    _failed_token(request)
     raise Unauthorized("invalid or revoked labeler token")
 
 
@@ -171,23 +204,33 @@ def dashboard(request: Request, name: str) -> dict[str, Any]:
     return get_store(request).dashboard(name)
 
 
-def export_response(store: Store, project: str, kind: str, *, download: bool = False) -> Response:
+def export_response(store: Store, project: str, kind: str, *, download: bool = False,
+                    skip_invalid: bool = False) -> Response:
+    """The records as JSONL. A stored row that cannot be exported is a 409 naming table, id and
+    field; with `skip_invalid` it is left out and counted in the X-Skipped-Rows header."""
     if kind not in EXPORT_KINDS:
         raise Invalid(f"unknown record kind {kind!r:.40}; use demonstrations, rankings or ratings",
                       field="kind")
     import json
+    import re
 
-    rows = store.export_records(project, EXPORT_KINDS[kind])
+    skipped: list = []
+    rows = store.export_records(project, EXPORT_KINDS[kind], skip_invalid=skip_invalid,
+                                skipped=skipped)
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    filename = f"{project}-{EXPORT_KINDS[kind]}s.jsonl"
-    headers = {"Content-Disposition": f'attachment; filename="{filename}"'} if download else None
-    return Response(body, media_type="application/x-ndjson", headers=headers)
+    headers = {"X-Skipped-Rows": str(len(skipped))}
+    if download:  # a name stored before names were checked strictly must not break the header
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", project)[:64] or "project"
+        headers["Content-Disposition"] = f'attachment; filename="{safe}-{EXPORT_KINDS[kind]}s.jsonl"'
+    return Response(body.encode("utf-8"), media_type="application/x-ndjson", headers=headers)
 
 
 @router.get("/projects/{name}/export/{kind}", dependencies=[Admin])
-def export(request: Request, name: str, kind: str) -> Response:
-    """The project's records of one kind as JSONL, exactly as `rlhf label export` writes them."""
-    return export_response(get_store(request), name, kind)
+def export(request: Request, name: str, kind: str, skip_invalid: bool = False) -> Response:
+    """The project's records of one kind as JSONL, exactly as `rlhf label export` writes them;
+    `skip_invalid=true` leaves out stored rows that cannot be exported (counted in the
+    X-Skipped-Rows header) instead of answering 409."""
+    return export_response(get_store(request), name, kind, skip_invalid=skip_invalid)
 
 
 @router.get("/labelers", dependencies=[Admin])

@@ -28,7 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from rlhf.errors import UserError
 from rlhf.labeling import records as R
 from rlhf.labeling.errors import LabelingError
-from rlhf.labeling.security import SessionCodec
+from rlhf.labeling.security import (LoginLimiter, SessionCodec, admin_token_version,
+                                    check_admin_token, tokens_equal)
 from rlhf.labeling.store import Store
 
 log = logging.getLogger("rlhf.labeling")
@@ -91,6 +92,61 @@ class BodyLimitMiddleware:
             await _error_asgi(scope, receive, send, 413, str(exc.detail))
 
 
+class AuthFirstMiddleware:
+    """Check the bearer token of /api requests that carry a body before any of it is read, so an
+    unauthenticated client costs no body parsing (401 first; 429 after too many bad tokens).
+    The identity found is left in the request state for the route's own check."""
+
+    PUBLIC = ("/api/health", "/api/docs", "/api/openapi.json")
+    BODYLESS = ("GET", "HEAD", "OPTIONS")
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in self.BODYLESS \
+                or not scope["path"].startswith("/api/") or scope["path"] in self.PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        from starlette.concurrency import run_in_threadpool
+
+        web = scope["app"]
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            await _error_asgi(scope, receive, send, 401, MISSING_TOKEN,
+                              {"WWW-Authenticate": "Bearer"})
+            return
+        client = client_key(scope)
+        wait = web.state.login_limiter.retry_after(client)
+        if wait:
+            await _error_asgi(scope, receive, send, 429, TOO_MANY % wait,
+                              {"Retry-After": str(wait)})
+            return
+        if tokens_equal(token, web.state.admin_token):
+            auth: Any = "admin"
+        else:
+            auth = await run_in_threadpool(web.state.store.authenticate, token)
+            if auth is None:
+                web.state.login_limiter.failed(client)
+                await _error_asgi(scope, receive, send, 401, "invalid or revoked token",
+                                  {"WWW-Authenticate": "Bearer"})
+                return
+        scope.setdefault("state", {})["rlhf_auth"] = (token, auth)
+        await self.app(scope, receive, send)
+
+
+MISSING_TOKEN = "missing token: send the header 'Authorization: Bearer <token>'"
+TOO_MANY = "too many failed logins from this address; try again in %d s"
+
+
+def client_key(scope: Scope) -> str:
+    """The address failed logins are counted against."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
 class SecurityHeadersMiddleware:
     """Headers for every response: no framing, no MIME sniffing, scripts and styles only from
     this origin (the templates use no inline script or style)."""
@@ -112,17 +168,25 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
 
+        # Pages and API answers are per user and may carry a new token or session cookie:
+        # never cached (only /static may be).
+        no_store = not scope["path"].startswith("/static/")
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + self.HEADERS
+                headers = list(message.get("headers", []))
+                if no_store and not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers + self.HEADERS
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
 
-async def _error_asgi(scope: Scope, receive: Receive, send: Send, status: int, message: str
-                      ) -> None:
-    response = JSONResponse({"error": message, "status": status}, status_code=status)
+async def _error_asgi(scope: Scope, receive: Receive, send: Send, status: int, message: str,
+                     headers: dict[str, str] | None = None) -> None:
+    response = JSONResponse({"error": message, "status": status}, status_code=status,
+                            headers=headers)
     await response(scope, receive, send)
 
 
@@ -142,18 +206,18 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
     return 422, "; ".join(parts) + more
 
 
-def create_app(db_url: str, admin_token: str | None = None, *, store: Store | None = None
-               ) -> FastAPI:
+def create_app(db_url: str, admin_token: str | None = None, *, store: Store | None = None,
+               login_limiter: LoginLimiter | None = None) -> FastAPI:
     """Build the app on the database at `db_url` (any SQLAlchemy URL; tables are created).
 
     `admin_token` unlocks /api admin routes and the admin pages; if None a random one is made
-    (read it back from `app.state.admin_token`). It also keys the session-cookie signatures.
+    (read it back from `app.state.admin_token`); a given one must be at least 16 characters.
+    Session cookies are signed with a random secret kept in the database. Failed logins (page
+    and API tokens) are limited per client address by `login_limiter` (default: 10 a minute).
     """
     from rlhf.labeling import api, pages
 
-    admin_token = admin_token or secrets.token_urlsafe(24)
-    if len(admin_token) < 8:
-        raise UserError("the admin token must be at least 8 characters long")
+    admin_token = check_admin_token(admin_token) if admin_token else secrets.token_urlsafe(24)
     the_store = store or Store(db_url)
 
     @asynccontextmanager
@@ -166,7 +230,9 @@ def create_app(db_url: str, admin_token: str | None = None, *, store: Store | No
                   openapi_url="/api/openapi.json", redoc_url=None, lifespan=lifespan)
     app.state.store = the_store
     app.state.admin_token = admin_token
-    app.state.sessions = SessionCodec(admin_token)
+    app.state.admin_token_version = admin_token_version(admin_token)
+    app.state.sessions = SessionCodec(the_store.session_secret())
+    app.state.login_limiter = login_limiter or LoginLimiter()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(FLAGS=R.FLAGS, KINDS=R.KINDS, MIN_K=R.MIN_K, MAX_K=R.MAX_K,
                                  MAX_RESPONSE_CHARS=R.MAX_RESPONSE_CHARS,
@@ -174,6 +240,7 @@ def create_app(db_url: str, admin_token: str | None = None, *, store: Store | No
     app.state.templates = templates
 
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(AuthFirstMiddleware)  # runs before the body limit: 401 before 413
     app.add_middleware(SecurityHeadersMiddleware)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(api.router)
@@ -192,6 +259,8 @@ def create_app(db_url: str, admin_token: str | None = None, *, store: Store | No
     @app.exception_handler(LabelingError)
     async def _labeling_error(request: Request, exc: LabelingError) -> Response:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.status == 429:
+            headers = {"Retry-After": str(getattr(exc, "retry_after", 60))}
         return error_response(request, exc.status, str(exc), headers)
 
     @app.exception_handler(UserError)

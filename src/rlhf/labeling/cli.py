@@ -154,12 +154,21 @@ def assign(db: str = DbOpt, project: str = ProjectOpt,
 
 @app.command()
 def export(db: str = DbOpt, project: str = ProjectOpt,
-           out: Path = typer.Option(..., "--out", "-o", help="Folder for the JSONL files.")
-           ) -> None:
-    """Write demonstrations.jsonl, rankings.jsonl and ratings.jsonl (docs/CONTRACTS.md)."""
-    written = _store(db).export_to_dir(project, out)
+           out: Path = typer.Option(..., "--out", "-o", help="Folder for the JSONL files."),
+           skip_invalid: bool = typer.Option(
+               False, "--skip-invalid", help="Leave out stored rows that cannot be exported "
+               "(each is reported) instead of stopping with no file changed.")) -> None:
+    """Write demonstrations.jsonl, rankings.jsonl and ratings.jsonl (docs/CONTRACTS.md), all
+    three or none: a stored row that cannot be exported stops the export before any file is
+    changed, naming its table, id and field (or is left out with --skip-invalid)."""
+    skipped: list = []
+    written = _store(db).export_to_dir(project, out, skip_invalid=skip_invalid, skipped=skipped)
     for path, n in written.values():
         typer.echo(f"{n:6d} records  {path}")
+    for row in skipped:
+        typer.echo(f"skipped: {row}", err=True)
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} stored row(s) that cannot be exported", err=True)
 
 
 @app.command()

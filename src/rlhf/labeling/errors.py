@@ -42,3 +42,13 @@ class Conflict(LabelingError):
 
 class TooLarge(LabelingError):
     status = 413
+
+
+class TooManyAttempts(LabelingError):
+    """Too many failed logins from one address; `retry_after` seconds until the next try."""
+
+    status = 429
+
+    def __init__(self, retry_after: int):
+        self.retry_after = retry_after
+        super().__init__(f"too many failed logins from this address; try again in {retry_after} s")

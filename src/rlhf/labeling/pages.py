@@ -46,6 +46,12 @@ def current_session(request: Request) -> SessionData:
         labeler = _store(request).get_labeler(session.labeler_id or 0)
         if labeler is None or not labeler.active or labeler.token_version != session.token_version:
             session = None
+    if session is not None and session.role == "admin" \
+            and session.token_version != request.app.state.admin_token_version:
+        session = None  # the admin token changed
+    if session is not None and session.role != "anon" \
+            and _store(request).session_revoked(session.sid):
+        session = None  # logged out: a copy of the cookie is no use
     if session is None:
         session = SessionData(is_new=True)
     request.state.session = session
@@ -94,13 +100,7 @@ def _int(form: FormData, name: str, default: int | None = None, *, lo: int, hi: 
     raw = _text(form, name).strip()
     if not raw and default is not None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise Invalid(f"must be a whole number, got {raw!r:.20}", field=name) from None
-    if not lo <= value <= hi:
-        raise Invalid(f"must be from {lo} to {hi}", field=name)
-    return value
+    return R.parse_int(raw, name, lo=lo, hi=hi)
 
 
 def require_labeler(request: Request) -> LabelerInfo:
@@ -133,13 +133,24 @@ def login_page(request: Request) -> Response:
 
 @router.post("/login")
 async def login(request: Request) -> Response:
+    from rlhf.labeling.app import client_key
+
+    limiter = request.app.state.login_limiter
+    wait = limiter.retry_after(client_key(request.scope))
+    if wait:
+        response = render(request, "login.html", {"error": f"Too many failed logins from this "
+                                                           f"address; try again in {wait} s."}, 429)
+        response.headers["Retry-After"] = str(wait)
+        return response
     form = await read_form(request)
     token = _text(form, "token").strip()
     if tokens_equal(token, request.app.state.admin_token):
-        session, target = SessionData(role="admin"), "/admin"
+        session = SessionData(role="admin", token_version=request.app.state.admin_token_version)
+        target = "/admin"
     else:
         labeler = await run_in_threadpool(_store(request).authenticate, token)
         if labeler is None:
+            limiter.failed(client_key(request.scope))
             return render(request, "login.html", {"error": "That token is not valid."}, 401)
         session = SessionData(role="labeler", labeler_id=labeler.id,
                               token_version=labeler.token_version)
@@ -152,6 +163,9 @@ async def login(request: Request) -> Response:
 @router.post("/logout")
 async def logout(request: Request) -> Response:
     await read_form(request)
+    session = current_session(request)
+    if session.role != "anon":  # ended on the server: a copied cookie stops working too
+        await run_in_threadpool(_store(request).revoke_session, session.sid, session.expires)
     response = redirect("/login")
     _set_cookie(request, response, SessionData())
     return response
@@ -177,7 +191,7 @@ def next_task(request: Request) -> Response:
     labeler = require_labeler(request)
     pending = _store(request).tasks_for(labeler.id, status="pending", limit=1)
     submitted = request.query_params.get("submitted", "")
-    note = f"submitted={submitted}" if submitted.isdigit() else ""
+    note = f"submitted={submitted}" if R.is_ascii_int(submitted) else ""
     if pending:
         return redirect(f"/tasks/{pending[0].id}" + (f"?{note}" if note else ""))
     return redirect("/tasks?all_done=1" + (f"&{note}" if note else ""))
@@ -221,23 +235,24 @@ def _form_answer(task: TaskView, form: FormData) -> tuple[dict[str, Any], dict[s
     if task.kind == "ranking":
         k = len(task.responses)
         raw = [_text(form, f"rank_{i}").strip() for i in range(k)]
-        values = {"ranks": [int(r) if r.isdigit() else None for r in raw]}
+        values = {"ranks": [int(r) if R.is_ascii_int(r) else None for r in raw]}
         unranked = [LETTERS[i] for i, r in enumerate(raw) if not r]
         if unranked:
             raise _FormError(f"Give every response a rank; missing: {', '.join(unranked)}.", values)
-        if not all(r.isdigit() for r in raw):
-            raise _FormError("Ranks must be whole numbers.", values)
-        return {"ranks": [int(r) for r in raw]}, values
+        if not all(R.is_ascii_int(r) for r in raw):
+            raise _FormError("Ranks must be whole numbers written with the digits 0-9.", values)
+        return {"ranks": values["ranks"]}, values
     flags = [f for f in form.getlist("flags") if isinstance(f, str)]
     unknown = [f for f in flags if f not in R.FLAG_NAMES]
     values = {"likert": None, "flags": flags}
     if unknown:
         raise _FormError(f"Unknown metadata label {unknown[0]!r:.40}.", values)
     raw = _text(form, "likert").strip()
-    if not raw.isdigit():
+    if not R.is_ascii_int(raw):
         raise _FormError(f"Choose an overall score from {R.LIKERT_MIN} to {R.LIKERT_MAX}.", values)
     values["likert"] = int(raw)
-    return {"likert": int(raw), "flags": {name: name in flags for name in R.FLAG_NAMES}}, values
+    return {"likert": values["likert"],
+            "flags": {name: name in flags for name in R.FLAG_NAMES}}, values
 
 
 class _FormError(Exception):
@@ -248,8 +263,8 @@ class _FormError(Exception):
 
 @router.post("/tasks/{task_id}")
 async def submit_task(request: Request, task_id: TaskId) -> Response:
+    labeler = await run_in_threadpool(require_labeler, request)  # before reading the body
     form = await read_form(request)
-    labeler = await run_in_threadpool(require_labeler, request)
     store = _store(request)
     task = await run_in_threadpool(store.task_for, labeler.id, task_id)
     values: dict[str, Any] = {}
@@ -410,9 +425,10 @@ def admin_dashboard(request: Request, name: str) -> Response:
 
 
 @router.get("/admin/projects/{name}/export/{kind}")
-def admin_export(request: Request, name: str, kind: str) -> Response:
+def admin_export(request: Request, name: str, kind: str, skip_invalid: bool = False) -> Response:
     require_admin(request)
-    return export_response(_store(request), name, kind, download=True)
+    return export_response(_store(request), name, kind, download=True,
+                           skip_invalid=skip_invalid)
 
 
 @router.get("/admin/labelers")

@@ -30,8 +30,11 @@ LIKERT_MIN, LIKERT_MAX = 1, 7
 
 KINDS = ("demonstration", "ranking", "rating")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")
-_FLAG_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# Always used with fullmatch: `$` would also match before a trailing newline ("p1\n").
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}")
+_FLAG_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_ASCII_INT_RE = re.compile(r"[0-9]{1,18}")
+MAX_JSON_DEPTH = 20
 
 
 @dataclass(frozen=True)
@@ -76,16 +79,74 @@ def check_name(value: Any, what: str) -> str:
     """A project or labeler name: 1-64 characters, letters, digits and . _ @ : - (safe in URLs)."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise Invalid(f"{what} must be 1-64 characters of letters, digits and . _ @ : - "
                       f"starting with a letter or digit; got {value!r:.80}", field=what)
     return value
 
 
+def unicode_problem(text: str) -> str | None:
+    """Why `text` cannot be stored and exported as UTF-8 (and in PostgreSQL), or None.
+
+    JSON can carry a lone UTF-16 surrogate ("\\ud800"), which Python accepts in a str but no
+    UTF-8 encoder does; NUL cannot be stored in a PostgreSQL text column."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"is not valid Unicode: a lone surrogate U+{ord(text[e.start]):04X} at character "
+                f"{e.start}")
+    if "\x00" in text:
+        return f"contains a NUL character (at character {text.index(chr(0))})"
+    return None
+
+
+def check_unicode(value: Any, what: str, _depth: int = 0) -> Any:
+    """Refuse any string, key or nested value of a JSON-like `value` that is not storable text
+    (see unicode_problem); the error names the path, e.g. meta.tags[2]."""
+    if _depth > MAX_JSON_DEPTH:
+        raise Invalid(f"is nested deeper than {MAX_JSON_DEPTH} levels", field=what)
+    if isinstance(value, str):
+        problem = unicode_problem(value)
+        if problem:
+            raise Invalid(problem, field=what)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            name = key if isinstance(key, str) else repr(key)
+            problem = unicode_problem(name)
+            if problem:
+                raise Invalid(f"has a key that {problem}", field=what)
+            check_unicode(item, f"{what}.{name}", _depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_unicode(item, f"{what}[{i}]", _depth + 1)
+    return value
+
+
+def parse_int(raw: Any, what: str, *, lo: int, hi: int) -> int:
+    """A whole number typed into a form: ASCII digits only (int() and str.isdigit() also take
+    '²', '①', Arabic-Indic digits, '_' and '+'), from lo to hi."""
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not _ASCII_INT_RE.fullmatch(text):
+        raise Invalid(f"must be a whole number written with the digits 0-9, got {raw!r:.20}",
+                      field=what)
+    value = int(text)
+    if not lo <= value <= hi:
+        raise Invalid(f"must be from {lo} to {hi}, got {value}", field=what)
+    return value
+
+
+def is_ascii_int(raw: Any) -> bool:
+    return isinstance(raw, str) and _ASCII_INT_RE.fullmatch(raw) is not None
+
+
 def check_text(value: Any, what: str, max_chars: int, *, allow_empty: bool = False) -> str:
-    """A user-written text: a string, CRLF normalised, stripped, non-empty, at most max_chars."""
+    """A user-written text: a string of valid Unicode without NUL, CRLF normalised, stripped,
+    non-empty, at most max_chars."""
     if not isinstance(value, str):
         raise Invalid(f"must be a string, got {type(value).__name__}", field=what)
+    problem = unicode_problem(value)
+    if problem:
+        raise Invalid(problem, field=what)
     text = value.replace("\r\n", "\n").replace("\r", "\n").strip()
     if not text and not allow_empty:
         raise Invalid("must not be empty", field=what)
@@ -187,7 +248,7 @@ def normalize_rating(likert: Any, flags: Any) -> dict[str, Any]:
         raise Invalid(f"at most {MAX_FLAGS} flags", field="flags")
     out = {name: False for name in FLAG_NAMES}
     for name, value in flags.items():
-        if not isinstance(name, str) or not _FLAG_RE.match(name):
+        if not isinstance(name, str) or not _FLAG_RE.fullmatch(name):
             raise Invalid(f"flag name {name!r:.40} must be lower_snake_case", field="flags")
         if not isinstance(value, bool):
             raise Invalid(f"flag {name!r} must be true or false, got {value!r:.20}", field="flags")
@@ -263,24 +324,31 @@ def _responses(value: Any, what: str = "responses") -> list[str]:
     return [check_text(r, f"{what}[{i}]", MAX_RESPONSE_CHARS) for i, r in enumerate(value)]
 
 
+def _record_key(value: Any, what: str = "id") -> str | None:
+    """A record's own id as a prompt key: a string or an integer, or None when absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise Invalid(f"must be a string or an integer, got {type(value).__name__}", field=what)
+    return check_text(str(value), what, MAX_PROMPT_ID_CHARS)
+
+
+def _category(value: Any) -> str:
+    if value is None:
+        return ""
+    return check_text(value, "category", MAX_CATEGORY_CHARS, allow_empty=True)
+
+
 def parse_prompt_record(obj: Any) -> PromptRecord:
     """A prompt line: {"id"?, "prompt", "category"?, "responses"?: [K strings], ...metadata}."""
     if not isinstance(obj, Mapping):
         raise Invalid("each record must be a JSON object")
     text = check_text(obj.get("prompt"), "prompt", MAX_PROMPT_CHARS)
-    raw_id = obj.get("id")
-    if raw_id is None:
-        key = prompt_key(text)
-    elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool):
-        key = check_text(str(raw_id), "id", MAX_PROMPT_ID_CHARS)
-    else:
-        raise Invalid("must be a string", field="id")
-    category = obj.get("category") or ""
-    if not isinstance(category, str) or len(category) > MAX_CATEGORY_CHARS:
-        raise Invalid(f"must be a string of at most {MAX_CATEGORY_CHARS} characters",
-                      field="category")
+    key = _record_key(obj.get("id")) or prompt_key(text)
+    category = _category(obj.get("category"))
     responses = _responses(obj["responses"]) if obj.get("responses") is not None else None
     meta = {k: v for k, v in obj.items() if k not in ("id", "prompt", "category", "responses")}
+    check_unicode(meta, "metadata")
     return PromptRecord(key=key, text=text, category=category, meta=meta, responses=responses)
 
 
@@ -314,10 +382,17 @@ def parse_ranking_records(obj: Any, fmt: str = "auto") -> list[RankingRecord]:
                   field="format")
 
 
-def _labeler_of(value: Any, default: str = "imported") -> str:
+def _labeler_of(value: Any, default: str = "imported", what: str = "labeler_id") -> str:
+    """A labeler name from a file: a string or an integer id (Label Studio's completed_by may
+    also be an object with an email or id)."""
+    if isinstance(value, Mapping):
+        value = value.get("email") or value.get("id")
+        what = f"{what}.email"
     if value is None or value == "":
         return default
-    return check_name(str(value), "labeler_id")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise Invalid(f"must be a string or an integer, got {type(value).__name__}", field=what)
+    return check_name(str(value), what)
 
 
 def _parse_contract(obj: Mapping[str, Any]) -> RankingRecord:
@@ -334,23 +409,30 @@ def _parse_contract(obj: Mapping[str, Any]) -> RankingRecord:
         if "ranking" not in obj:
             raise Invalid("missing field", field="ranking")
         ranking = normalize_ranking(obj["ranking"], len(responses))
-    key, category = obj.get("id"), obj.get("category")
     return RankingRecord(prompt=prompt, responses=responses, ranking=ranking,
-                         labeler=_labeler_of(obj.get("labeler_id")),
-                         key=str(key) if isinstance(key, (str, int)) and key != "" else None,
-                         category=category if isinstance(category, str) else "")
+                         labeler=_labeler_of(obj.get("labeler_id")), key=_record_key(obj.get("id")),
+                         category=_category(obj.get("category")))
 
 
 _PROMPT_FIELDS = ("prompt", "instruction", "question", "input", "text")
 
 
-def _argilla_order(value: Any) -> list[tuple[str, int]] | None:
+def _list_of(value: Any, what: str) -> list[Any]:
+    """An optional list in an exported record: absent/null is empty, anything else is an error."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise Invalid(f"must be a list, got {type(value).__name__}", field=what)
+    return value
+
+
+def _argilla_order(value: Any, what: str) -> list[tuple[str, Any]] | None:
     """(field name, rank) pairs from the shapes Argilla uses for a ranking answer, or None."""
     # v1 HF export: {"value": [...], "rank": [...]}
     if isinstance(value, Mapping) and isinstance(value.get("value"), list) \
             and isinstance(value.get("rank"), list):
         if len(value["value"]) != len(value["rank"]):
-            raise Invalid("ranking 'value' and 'rank' lists differ in length", field="ranking")
+            raise Invalid("ranking 'value' and 'rank' lists differ in length", field=what)
         return [(str(v), r) for v, r in zip(value["value"], value["rank"])]
     if isinstance(value, list) and value and all(isinstance(v, Mapping) and "value" in v
                                                  for v in value):  # [{"value", "rank"}]
@@ -360,37 +442,54 @@ def _argilla_order(value: Any) -> list[tuple[str, int]] | None:
     return None
 
 
-def _argilla_answers(obj: Mapping[str, Any]) -> list[tuple[str | None, Any]]:
-    """(user id, answer value) for every submitted answer of the record's ranking question."""
-    answers: list[tuple[str | None, Any]] = []
+def _submitted(item: Mapping[str, Any]) -> bool:
+    return item.get("status", "submitted") == "submitted"
+
+
+def _argilla_answers(obj: Mapping[str, Any]) -> list[tuple[Any, Any, str]]:
+    """(user id, answer value, where) for every submitted answer of the record's ranking question."""
+    answers: list[tuple[Any, Any, str]] = []
     responses = obj.get("responses")
     if isinstance(responses, Mapping):  # v2: {"question": [{"user_id", "value", "status"?}]}
-        for items in responses.values():
-            for item in items if isinstance(items, list) else []:
-                if isinstance(item, Mapping) and item.get("status", "submitted") == "submitted" \
-                        and _argilla_order(item.get("value")) is not None:
-                    answers.append((item.get("user_id"), item["value"]))
+        for question, items in responses.items():
+            for i, item in enumerate(_list_of(items, f"responses.{question}")):
+                where = f"responses.{question}[{i}]"
+                if not isinstance(item, Mapping):
+                    raise Invalid(f"must be an object, got {type(item).__name__}", field=where)
+                if _submitted(item) and _argilla_order(item.get("value"), where) is not None:
+                    answers.append((item.get("user_id"), item["value"], where))
     elif isinstance(responses, list):  # v1: [{"user_id", "values": {"question": {"value"}}}]
-        for item in responses:
-            if not isinstance(item, Mapping) or item.get("status", "submitted") != "submitted":
+        for i, item in enumerate(responses):
+            where = f"responses[{i}]"
+            if not isinstance(item, Mapping):
+                raise Invalid(f"must be an object, got {type(item).__name__}", field=where)
+            if not _submitted(item):
                 continue
-            for answer in (item.get("values") or {}).values():
+            values = item.get("values") or {}
+            if not isinstance(values, Mapping):
+                raise Invalid(f"must be an object, got {type(values).__name__}",
+                              field=f"{where}.values")
+            for question, answer in values.items():
                 value = answer.get("value") if isinstance(answer, Mapping) else None
-                if _argilla_order(value) is not None:
-                    answers.append((item.get("user_id"), value))
+                if _argilla_order(value, f"{where}.values.{question}") is not None:
+                    answers.append((item.get("user_id"), value, f"{where}.values.{question}"))
+    elif responses is not None:
+        raise Invalid(f"must be an object or a list, got {type(responses).__name__}",
+                      field="responses")
     for key, items in obj.items():  # flattened (HF datasets) export: a question column
         if key in ("fields", "responses", "metadata") or not isinstance(items, list):
             continue
-        for item in items:
+        for i, item in enumerate(items):
             if isinstance(item, Mapping) and "value" in item and "user_id" in item \
-                    and item.get("status", "submitted") == "submitted" \
-                    and _argilla_order(item["value"]) is not None:
-                answers.append((item.get("user_id"), item["value"]))
+                    and _submitted(item) and _argilla_order(item["value"], key) is not None:
+                answers.append((item.get("user_id"), item["value"], f"{key}[{i}]"))
     return answers
 
 
 def _parse_argilla(obj: Mapping[str, Any]) -> list[RankingRecord]:
-    fields = obj.get("fields") if isinstance(obj.get("fields"), Mapping) else obj
+    if "fields" in obj and not isinstance(obj["fields"], Mapping):
+        raise Invalid(f"must be an object, got {type(obj['fields']).__name__}", field="fields")
+    fields = obj["fields"] if "fields" in obj else obj
     prompt_field = next((f for f in _PROMPT_FIELDS if isinstance(fields.get(f), str)), None)
     if prompt_field is None:
         raise Invalid("an Argilla record needs a text field named one of "
@@ -399,23 +498,24 @@ def _parse_argilla(obj: Mapping[str, Any]) -> list[RankingRecord]:
     answers = _argilla_answers(obj)
     if not answers:
         raise Invalid("no submitted ranking answer found in this Argilla record", field="responses")
-    key = str(obj["id"]) if isinstance(obj.get("id"), (str, int)) else None
+    key = _record_key(obj.get("id"))
     out = []
-    for user, value in answers:
-        order = _argilla_order(value) or []
+    for user, value, where in answers:
+        order = _argilla_order(value, where) or []
         names = [name for name, _ in order]
         missing = [n for n in names if not isinstance(fields.get(n), str)]
         if missing:
             raise Invalid(f"the ranking refers to fields {missing} that the record does not have",
-                          field="fields")
-        responses = _responses([fields[n] for n in names])
-        if any(r is None or not _is_int(r) for _, r in order):
-            raise Invalid("every ranked option needs an integer rank", field="rank")
+                          field=where)
+        responses = _responses([fields[n] for n in names], where)
+        if any(not _is_int(r) for _, r in order):
+            raise Invalid("every ranked option needs an integer rank", field=f"{where}.rank")
         groups = [[i for i, (_, r) in enumerate(order) if r == rank]
                   for rank in sorted({r for _, r in order})]
         out.append(RankingRecord(prompt=prompt, responses=responses,
                                  ranking=normalize_ranking(groups, len(responses)),
-                                 labeler=_labeler_of(user, "argilla"), key=key))
+                                 labeler=_labeler_of(user, "argilla", f"{where}.user_id"),
+                                 key=key))
     return out
 
 
@@ -428,29 +528,50 @@ def _parse_label_studio(obj: Mapping[str, Any]) -> list[RankingRecord]:
         raise Invalid(f"the task data needs a text field named one of {', '.join(_PROMPT_FIELDS)}",
                       field="data")
     prompt = check_text(data[prompt_field], prompt_field, MAX_PROMPT_CHARS)
-    items = next((v for v in data.values() if isinstance(v, list) and v
-                  and all(isinstance(x, Mapping) and "id" in x for x in v)), None)
+    list_field, items = next(((name, v) for name, v in data.items()
+                              if isinstance(v, list) and v
+                              and all(isinstance(x, Mapping) and "id" in x for x in v)),
+                             (None, None))
     if items is None:
         raise Invalid("the task data needs a list of items with 'id' (the List tag's value)",
                       field="data")
     by_id: dict[str, str] = {}
-    for item in items:
+    for n, item in enumerate(items):
+        where = f"data.{list_field}[{n}]"
+        if isinstance(item["id"], bool) or not isinstance(item["id"], (str, int)):
+            raise Invalid("must be a string or an integer", field=f"{where}.id")
         text = next((item[f] for f in ("text", "body", "response", "title", "html")
                      if isinstance(item.get(f), str)), None)
         if text is None:
-            raise Invalid(f"item {item['id']!r} has no text/body field", field="data")
+            raise Invalid(f"item {item['id']!r:.40} has no text/body field", field=where)
+        if str(item["id"]) in by_id:
+            raise Invalid(f"item id {item['id']!r:.40} appears more than once", field=f"{where}.id")
         by_id[str(item["id"])] = text
-    responses = _responses(list(by_id.values()))
+    responses = _responses(list(by_id.values()), f"data.{list_field}")
+    index = {item_id: n for n, item_id in enumerate(by_id)}  # the items' own order
+    key = _record_key(obj.get("id"))
+    ann_field = "annotations" if obj.get("annotations") is not None else "completions"
     out = []
-    for ann in obj.get("annotations") or obj.get("completions") or []:
-        if not isinstance(ann, Mapping) or ann.get("was_cancelled"):
+    for a, ann in enumerate(_list_of(obj.get(ann_field), ann_field)):
+        if not isinstance(ann, Mapping):
+            raise Invalid(f"must be an object, got {type(ann).__name__}", field=f"{ann_field}[{a}]")
+        if ann.get("was_cancelled"):
             continue
-        for result in ann.get("result") or []:
-            if not isinstance(result, Mapping) or result.get("type") != "ranker":
+        for r, result in enumerate(_list_of(ann.get("result"), f"{ann_field}[{a}].result")):
+            where = f"{ann_field}[{a}].result[{r}]"
+            if not isinstance(result, Mapping):
+                raise Invalid(f"must be an object, got {type(result).__name__}", field=where)
+            if result.get("type") != "ranker":
                 continue
-            ranker = (result.get("value") or {}).get("ranker")
+            value = result.get("value")
+            ranker = value.get("ranker") if isinstance(value, Mapping) else None
             if not isinstance(ranker, Mapping) or not ranker:
-                raise Invalid("a ranker result needs value.ranker", field="annotations")
+                raise Invalid("a ranker result needs value.ranker: an object of lists of item ids",
+                              field=f"{where}.value.ranker")
+            for name, ids in ranker.items():
+                if not isinstance(ids, list):
+                    raise Invalid(f"must be a list of item ids, got {type(ids).__name__}",
+                                  field=f"{where}.value.ranker.{name}")
             columns = [(name, ids) for name, ids in ranker.items()
                        if name != "_" or len(ranker) == 1]
             if len(columns) == 1:  # one ordered list: a strict order
@@ -458,19 +579,24 @@ def _parse_label_studio(obj: Mapping[str, Any]) -> list[RankingRecord]:
             else:  # buckets in their order are tie groups, best first
                 groups_ids = [list(ids) for _, ids in columns if ids]
                 if ranker.get("_"):
-                    raise Invalid("some items were left outside every bucket", field="annotations")
-            index = {item_id: n for n, item_id in enumerate(by_id)}  # the items' own order
-            unknown = [i for g in groups_ids for i in g if str(i) not in index]
+                    raise Invalid("some items were left outside every bucket",
+                                  field=f"{where}.value.ranker._")
+            unknown = [i for g in groups_ids for i in g
+                       if isinstance(i, (bool, dict, list)) or str(i) not in index]
             if unknown:
-                raise Invalid(f"ranked ids {unknown} are not in the task's items",
-                              field="annotations")
+                raise Invalid(f"ranked ids {unknown!r:.80} are not in the task's items",
+                              field=f"{where}.value.ranker")
             groups = [[index[str(i)] for i in g] for g in groups_ids]
+            try:
+                ranking = normalize_ranking(groups, len(index))
+            except Invalid as e:
+                raise Invalid(str(e), field=f"{where}.value.ranker") from None
             out.append(RankingRecord(
-                prompt=prompt, responses=responses, ranking=normalize_ranking(groups, len(index)),
-                labeler=_labeler_of(ann.get("completed_by"), "label-studio"),
-                key=str(obj["id"]) if isinstance(obj.get("id"), (str, int)) else None))
+                prompt=prompt, responses=responses, ranking=ranking,
+                labeler=_labeler_of(ann.get("completed_by"), "label-studio",
+                                    f"{ann_field}[{a}].completed_by"), key=key))
     if not out:
-        raise Invalid("no ranker annotation found in this Label Studio task", field="annotations")
+        raise Invalid("no ranker annotation found in this Label Studio task", field=ann_field)
     return out
 
 

@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
+import os
+import re
 import random
 import secrets
 import threading
@@ -32,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, Integer, String, Text,
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text,
                         UniqueConstraint, create_engine, event, func, select)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -44,6 +48,7 @@ from rlhf.labeling.errors import Conflict, Invalid, NotFound
 from rlhf.labeling.stats import agreement_report
 
 T = TypeVar("T")
+log = logging.getLogger("rlhf.labeling")
 
 
 def _now() -> datetime:
@@ -127,6 +132,21 @@ class Submission(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class RevokedSession(Base):
+    """Browser sessions ended by logging out, until their cookie would have expired anyway
+    (shared by every server process on the database)."""
+    __tablename__ = "revoked_sessions"
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class Setting(Base):
+    """Values the app keeps with its data; `session_secret` keys the session-cookie signatures."""
+    __tablename__ = "app_settings"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
 # ---------------------------------------------------------------------------------------------
 # What the store hands out: plain frozen values, never ORM objects bound to a closed session.
 
@@ -190,6 +210,51 @@ class SubmitResult:
     def to_json(self) -> dict[str, Any]:
         return {"submission_id": self.submission_id, "task_id": self.task_id,
                 "created": self.created}
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A stored row that cannot be exported as it is: which table, which row, which field."""
+    table: str
+    id: int
+    field: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"table {self.table}, id {self.id}, field {self.field}: {self.problem}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"table": self.table, "id": self.id, "field": self.field, "problem": self.problem}
+
+
+class BadRows(Conflict):
+    """Stored rows break the export; nothing was exported. The message lists them."""
+
+    def __init__(self, bad: Sequence[BadRow], skip_hint: str):
+        self.bad = list(bad)
+        shown = "; ".join(map(str, self.bad[:10]))
+        more = f" (and {len(self.bad) - 10} more)" if len(self.bad) > 10 else ""
+        noun = "row cannot" if len(self.bad) == 1 else "rows cannot"
+        super().__init__(f"{len(self.bad)} stored {noun} be exported: {shown}{more}. Nothing was "
+                         f"exported. Fix or delete the row, or leave it out with {skip_hint}.")
+
+
+_SURROGATES = re.compile("[\ud800-\udfff\x00]")
+
+
+def _displayable(value: Any, where: Callable[[], str]) -> Any:
+    """`value` with lone surrogates and NUL (which no UTF-8 response can carry) replaced by U+FFFD,
+    so one bad stored row does not break a labeler's task pages; each replacement is logged."""
+    if isinstance(value, str):
+        if R.unicode_problem(value) is None:
+            return value
+        log.warning("stored text is not valid Unicode (%s); shown with U+FFFD", where())
+        return _SURROGATES.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_displayable(k, where): _displayable(v, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_displayable(v, where) for v in value]
+    return value
 
 
 @dataclass
@@ -519,6 +584,49 @@ class Store:
         lab = self._read(lambda s: s.get(Labeler, labeler_id))
         return self._labeler_info(lab) if lab is not None else None
 
+    # -- browser sessions ------------------------------------------------------------------------
+
+    def session_secret(self) -> str:
+        """The random key of the session-cookie signatures, made on first use and kept in the
+        database, so every server process on it shares it and no admin token can be guessed
+        from a cookie."""
+        def read(s: Session) -> str | None:
+            return s.scalar(select(Setting.value).where(Setting.name == "session_secret"))
+
+        found = self._read(read)
+        if found is not None:
+            return found
+
+        def create(s: Session) -> str:
+            current = read(s)
+            if current is not None:
+                return current
+            try:
+                with s.begin_nested():
+                    s.add(Setting(name="session_secret", value=secrets.token_urlsafe(32)))
+            except IntegrityError:  # another process made it first
+                pass
+            value = read(s)
+            assert value is not None
+            return value
+
+        return self._write(create)
+
+    def revoke_session(self, sid: str, expires: int) -> None:
+        """End a browser session (logout) for every server process; expired entries are pruned."""
+        def tx(s: Session) -> None:
+            now = int(time.time())
+            for old in s.scalars(select(RevokedSession).where(RevokedSession.expires < now)
+                                 .limit(1000)):
+                s.delete(old)
+            if s.get(RevokedSession, sid) is None:
+                s.add(RevokedSession(sid=sid[:64], expires=int(expires)))
+
+        self._write(tx)
+
+    def session_revoked(self, sid: str) -> bool:
+        return self._read(lambda s: s.get(RevokedSession, sid[:64]) is not None)
+
     # -- tasks and assignment -------------------------------------------------------------------
 
     def assign(self, project: str, kind: str, overlap: int, labelers: Sequence[str] | None = None,
@@ -617,11 +725,26 @@ class Store:
         ids = {cid for task, *_ in rows for cid in task.candidate_ids}
         texts = dict(s.execute(select(Candidate.id, Candidate.text)
                                   .where(Candidate.id.in_(ids))).all()) if ids else {}
-        return [TaskView(id=task.id, kind=task.kind, project=project_name, prompt_id=prompt.key,
-                         prompt=prompt.text, category=prompt.category,
-                         responses=[texts[c] for c in task.candidate_ids],
-                         answer=sub.data if sub is not None else None)
-                for task, prompt, project_name, sub in rows]
+
+        def view(task: Task, prompt: Prompt, project_name: str, sub: Submission | None
+                 ) -> TaskView:
+            missing = [c for c in task.candidate_ids if c not in texts]
+            if missing:
+                raise Conflict(f"task {task.id} refers to candidates {missing} that are not in "
+                               "the database (table tasks, field candidate_ids)")
+            show = _displayable
+            return TaskView(
+                id=task.id, kind=task.kind, project=project_name, prompt_id=show(
+                    prompt.key, lambda: f"table prompts, id {prompt.id}, field key"),
+                prompt=show(prompt.text, lambda: f"table prompts, id {prompt.id}, field text"),
+                category=show(prompt.category,
+                              lambda: f"table prompts, id {prompt.id}, field category"),
+                responses=[show(texts[c], lambda c=c: f"table candidates, id {c}, field text")
+                           for c in task.candidate_ids],
+                answer=None if sub is None else show(
+                    sub.data, lambda: f"table submissions, id {sub.id}, field data"))
+
+        return [view(*row) for row in rows]
 
     def _task_rows(self, labeler_id: int):
         return (select(Task, Prompt, Project.name, Submission)
@@ -778,54 +901,79 @@ class Store:
 
     # -- export and dashboard -------------------------------------------------------------------
 
-    def export_records(self, project: str, kind: str) -> list[dict[str, Any]]:
+    def export_records(self, project: str, kind: str, *, skip_invalid: bool = False,
+                       skipped: list[BadRow] | None = None) -> list[dict[str, Any]]:
         """Every submission of one kind as the JSONL records of docs/CONTRACTS.md, oldest first:
         demonstration {"prompt", "response", "labeler_id"}; ranking {"prompt", "responses",
-        "ranking", "labeler_id"}; rating {"prompt", "response", "likert", "flags", "labeler_id"}."""
+        "ranking", "labeler_id"}; rating {"prompt", "response", "likert", "flags", "labeler_id"}.
+
+        Every stored value is checked again as it is read. A row that breaks a rule (text that
+        is not valid Unicode, an answer of the wrong shape, a missing candidate) raises BadRows
+        naming table, id and field, and nothing is returned; with `skip_invalid` such records
+        are left out and their BadRows appended to `skipped`."""
         R.check_kind(kind)
+        return self._read(lambda s: self._export(s, project, kind, skip_invalid, skipped,
+                                                 "skip_invalid=true"))
 
-        def tx(s: Session) -> list[dict[str, Any]]:
-            proj = self._project(s, project)
-            rows = s.execute(select(Submission.data, Task.candidate_ids, Prompt.text, Labeler.name)
-                             .join(Task, Task.id == Submission.task_id)
-                             .join(Prompt, Prompt.id == Task.prompt_id)
-                             .join(Labeler, Labeler.id == Submission.labeler_id)
-                             .where(Task.project_id == proj.id, Task.kind == kind)
-                             .order_by(Submission.id)).all()
-            ids = {c for _, cids, _, _ in rows for c in cids}
-            texts = dict(s.execute(select(Candidate.id, Candidate.text)
-                                   .where(Candidate.id.in_(ids))).all()) if ids else {}
-            out: list[dict[str, Any]] = []
-            for data, cids, prompt, labeler in rows:
-                if kind == "demonstration":
-                    out.append({"prompt": prompt, "response": data["response"],
-                                "labeler_id": labeler})
-                elif kind == "ranking":
-                    out.append({"prompt": prompt, "responses": [texts[c] for c in cids],
-                                "ranking": data["ranking"], "labeler_id": labeler})
-                else:
-                    out.append({"prompt": prompt, "response": texts[cids[0]],
-                                "likert": data["likert"], "flags": data["flags"],
-                                "labeler_id": labeler})
-            return out
+    def _export(self, s: Session, project: str, kind: str, skip_invalid: bool,
+                skipped: list[BadRow] | None, skip_hint: str) -> list[dict[str, Any]]:
+        proj = self._project(s, project)
+        rows = s.execute(select(Submission.id, Submission.data, Task.id, Task.candidate_ids,
+                                Prompt.id, Prompt.text, Labeler.id, Labeler.name)
+                         .join(Task, Task.id == Submission.task_id)
+                         .join(Prompt, Prompt.id == Task.prompt_id)
+                         .join(Labeler, Labeler.id == Submission.labeler_id)
+                         .where(Task.project_id == proj.id, Task.kind == kind)
+                         .order_by(Submission.id)).all()
+        ids = {c for row in rows if isinstance(row[3], list) for c in row[3]
+               if isinstance(c, int) and not isinstance(c, bool)}
+        texts = dict(s.execute(select(Candidate.id, Candidate.text)
+                               .where(Candidate.id.in_(ids))).all()) if ids else {}
+        out: list[dict[str, Any]] = []
+        bad: list[BadRow] = []
+        for sub_id, data, task_id, cids, prompt_id, prompt, labeler_id, labeler in rows:
+            try:
+                out.append(_export_record(kind, sub_id, data, task_id, cids, prompt_id, prompt,
+                                          labeler_id, labeler, texts))
+            except _BadRowError as e:
+                bad.append(e.row)
+        if bad and not skip_invalid:
+            raise BadRows(bad, skip_hint)
+        for row in bad:
+            log.warning("export of project %s left out a %s record: %s", project, kind, row)
+        if skipped is not None:
+            skipped.extend(bad)
+        return out
 
-        return self._read(tx)
-
-    def export_to_dir(self, project: str, out_dir: str | Path) -> dict[str, tuple[Path, int]]:
-        """Write demonstrations.jsonl, rankings.jsonl and ratings.jsonl (each atomically) and
-        return {kind: (path, number of records)}."""
-        from rlhf.io import write_jsonl_atomic
+    def export_to_dir(self, project: str, out_dir: str | Path, *, skip_invalid: bool = False,
+                      skipped: list[BadRow] | None = None) -> dict[str, tuple[Path, int]]:
+        """Write demonstrations.jsonl, rankings.jsonl and ratings.jsonl and return {kind: (path,
+        number of records)}. All three are read in one transaction and checked before anything is
+        written, then written to temporary files beside their targets and renamed into place
+        together: a bad row (BadRows) or a failed write changes no file in `out_dir`. With
+        `skip_invalid` bad rows are left out and appended to `skipped`."""
+        from rlhf.io import atomic_path
 
         out = Path(out_dir)
         files = {"demonstration": "demonstrations.jsonl", "ranking": "rankings.jsonl",
                  "rating": "ratings.jsonl"}
-        self.get_project(project)  # a clear NotFound before anything is written
-        written: dict[str, tuple[Path, int]] = {}
-        for kind, filename in files.items():
-            rows = self.export_records(project, kind)
-            write_jsonl_atomic(out / filename, rows)
-            written[kind] = (out / filename, len(rows))
-        return written
+
+        def tx(s: Session) -> dict[str, list[dict[str, Any]]]:
+            self._project(s, project)  # a clear NotFound before anything is written
+            return {kind: self._export(s, project, kind, skip_invalid, skipped, "--skip-invalid")
+                    for kind in files}
+
+        records = self._read(tx)
+        texts = {kind: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                 .encode("utf-8") for kind, rows in records.items()}
+        with contextlib.ExitStack() as stack:  # every rename happens after every write
+            for kind, filename in files.items():
+                tmp = stack.enter_context(atomic_path(out / filename))
+                with open(tmp, "wb") as f:
+                    f.write(texts[kind])
+                    f.flush()
+                    os.fsync(f.fileno())
+        return {kind: (out / filename, len(records[kind])) for kind, filename in files.items()}
 
     def dashboard(self, project: str) -> dict[str, Any]:
         """Progress per kind and per labeler, and inter-labeler agreement on overlapping tasks."""
@@ -872,3 +1020,54 @@ def _progress(task_kinds: Mapping[int, str], assignments: Sequence[Any], subs: S
     for row in people.values():
         row["pending"] = row["assigned"] - row["done"]
     return {"kinds": kinds, "labelers": dict(sorted(people.items()))}
+
+
+class _BadRowError(Exception):
+    def __init__(self, row: BadRow):
+        super().__init__(str(row))
+        self.row = row
+
+
+def _stored_text(value: Any, table: str, row_id: int, field: str) -> str:
+    if not isinstance(value, str):
+        raise _BadRowError(BadRow(table, row_id, field, f"is a {type(value).__name__}, "
+                                                        "not a string"))
+    problem = R.unicode_problem(value)
+    if problem:
+        raise _BadRowError(BadRow(table, row_id, field, problem))
+    return value
+
+
+def _export_record(kind: str, sub_id: int, data: Any, task_id: int, cids: Any, prompt_id: int,
+                   prompt: Any, labeler_id: int, labeler: Any, texts: Mapping[int, Any]
+                   ) -> dict[str, Any]:
+    """One export record, every stored value checked; _BadRowError names the first bad one."""
+    prompt = _stored_text(prompt, "prompts", prompt_id, "text")
+    labeler = _stored_text(labeler, "labelers", labeler_id, "name")
+    want = {"demonstration": (0, 0), "ranking": (R.MIN_K, R.MAX_K), "rating": (1, 1)}[kind]
+    if not isinstance(cids, list) or not want[0] <= len(cids) <= want[1]:
+        raise _BadRowError(BadRow("tasks", task_id, "candidate_ids",
+                                  f"a {kind} task needs {want[0]}..{want[1]} candidate ids, "
+                                  f"got {cids!r:.60}"))
+    missing = [c for c in cids if c not in texts]
+    if missing:
+        raise _BadRowError(BadRow("tasks", task_id, "candidate_ids",
+                                  f"refers to candidates {missing!r:.60} that do not exist"))
+    responses = [_stored_text(texts[c], "candidates", c, "text") for c in cids]
+    if not isinstance(data, dict):
+        raise _BadRowError(BadRow("submissions", sub_id, "data",
+                                  f"is a {type(data).__name__}, not an object"))
+    try:
+        R.check_unicode(data, "data")
+        answer = R.normalize_answer(kind, data, len(cids))
+    except Invalid as e:
+        field = e.field if (e.field or "").startswith("data") else f"data.{e.field or kind}"
+        raise _BadRowError(BadRow("submissions", sub_id, field,
+                                  str(e).split(": ", 1)[-1])) from None
+    if kind == "demonstration":
+        return {"prompt": prompt, "response": answer["response"], "labeler_id": labeler}
+    if kind == "ranking":
+        return {"prompt": prompt, "responses": responses, "ranking": answer["ranking"],
+                "labeler_id": labeler}
+    return {"prompt": prompt, "response": responses[0], "likert": answer["likert"],
+            "flags": answer["flags"], "labeler_id": labeler}
