@@ -1,15 +1,17 @@
 """The labeling store: transactions, assignment with overlap, idempotent submissions, exports in
-the exact CONTRACTS.md shapes, imported rankings and the dashboard."""
+the exact CONTRACTS.md shapes, imported rankings and the dashboard. Every test runs on SQLite and
+on PostgreSQL (skipped, saying why, where no server is available)."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 
 import pytest
+from sqlalchemy import text
 
 from rlhf.labeling.errors import Conflict, Invalid, NotFound
 from rlhf.labeling.store import Store, hash_token
+from rlhf.labeling.testing import BACKENDS, NoDatabase, count, temporary_database
 
 PROMPTS = [
     {"id": "p1", "prompt": "Name a color.", "category": "open_qa",
@@ -20,9 +22,18 @@ PROMPTS = [
 ]
 
 
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path):
+    try:
+        with temporary_database(request.param, tmp_path) as url:
+            yield url
+    except NoDatabase as e:
+        pytest.skip(str(e))
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'labels.db'}")
+def store(db_url):
+    s = Store(db_url)
     s.create_project("round1")
     s.import_prompts("round1", PROMPTS)
     yield s
@@ -50,11 +61,11 @@ def test_project_names_are_unique_and_checked(store):
     assert [p.name for p in store.list_projects()] == ["round1"]
 
 
-def test_tokens_are_stored_hashed(store, tmp_path):
+def test_tokens_are_stored_hashed(store):
     info, token = store.create_labeler("alice")
     assert store.authenticate(token) == info and store.authenticate(token + "x") is None
-    rows = sqlite3.connect(tmp_path / "labels.db").execute(
-        "select name, token_hash from labelers").fetchall()
+    with store.engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(text("select name, token_hash from labelers"))]
     assert rows == [("alice", hash_token(token))] and token not in repr(rows)
     _, new = store.rotate_token("alice")
     assert store.authenticate(token) is None and store.authenticate(new).name == "alice"
@@ -106,7 +117,7 @@ def test_submission_is_idempotent_and_final(store):
     assert done.id == task.id and done.answer == {"ranking": [[1], [0, 3], [2]]}
 
 
-def test_concurrent_identical_submissions_store_one_row(store, tmp_path):
+def test_concurrent_identical_submissions_store_one_row(store):
     alice, _ = store.create_labeler("alice")
     store.assign("round1", "demonstration", 1)
     task = store.tasks_for(alice.id)[0]
@@ -124,9 +135,7 @@ def test_concurrent_identical_submissions_store_one_row(store, tmp_path):
     for t in threads:
         t.join()
     assert not errors and sum(r.created for r in results) == 1
-    count = sqlite3.connect(tmp_path / "labels.db").execute(
-        "select count(*) from submissions").fetchone()[0]
-    assert count == 1
+    assert count(store.engine, "select count(*) from submissions") == 1
 
 
 def test_exports_have_exactly_the_contract_fields(store):
