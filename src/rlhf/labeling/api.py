@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlhf.labeling import records as R
+from rlhf.labeling.app import FOR_ADMIN, FOR_LABELERS
 from rlhf.labeling.errors import Forbidden, Invalid, TooManyAttempts, Unauthorized
 from rlhf.labeling.security import tokens_equal
 from rlhf.labeling.store import LabelerInfo, Store
@@ -122,7 +123,7 @@ def require_admin(request: Request) -> None:
     if checked == "admin" or tokens_equal(token, request.app.state.admin_token):
         return
     if checked is not None or get_store(request).authenticate(token) is not None:
-        raise Forbidden("this route needs the admin token; labeler tokens cannot use it")
+        raise Forbidden(FOR_ADMIN)
     _failed_token(request)
     raise Unauthorized("invalid token")
 
@@ -135,7 +136,7 @@ def require_labeler(request: Request) -> LabelerInfo:
     if labeler is not None:
         return labeler
     if tokens_equal(token, request.app.state.admin_token):
-        raise Forbidden("this route is for labelers; use a labeler token (admins have no tasks)")
+        raise Forbidden(FOR_LABELERS)
     _failed_token(request)
     raise Unauthorized("invalid or revoked labeler token")
 

@@ -99,6 +99,8 @@ class AuthFirstMiddleware:
 
     PUBLIC = ("/api/health", "/api/docs", "/api/openapi.json")
     BODYLESS = ("GET", "HEAD", "OPTIONS")
+    ADMIN_ONLY = ("/api/projects", "/api/labelers")
+    LABELER_ONLY = ("/api/tasks", "/api/me")
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -133,12 +135,21 @@ class AuthFirstMiddleware:
                 await _error_asgi(scope, receive, send, 401, "invalid or revoked token",
                                   {"WWW-Authenticate": "Bearer"})
                 return
+        path = scope["path"]
+        if auth != "admin" and path.startswith(self.ADMIN_ONLY):
+            await _error_asgi(scope, receive, send, 403, FOR_ADMIN)
+            return
+        if auth == "admin" and path.startswith(self.LABELER_ONLY):
+            await _error_asgi(scope, receive, send, 403, FOR_LABELERS)
+            return
         scope.setdefault("state", {})["rlhf_auth"] = (token, auth)
         await self.app(scope, receive, send)
 
 
 MISSING_TOKEN = "missing token: send the header 'Authorization: Bearer <token>'"
 TOO_MANY = "too many failed logins from this address; try again in %d s"
+FOR_ADMIN = "this route needs the admin token; labeler tokens cannot use it"
+FOR_LABELERS = "this route is for labelers; use a labeler token (admins have no tasks)"
 
 
 def client_key(scope: Scope) -> str:

@@ -163,6 +163,11 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
     train_ex = load_rankings(r.train_file, r.max_k, r.data_format, r.skip_invalid)
     train, n_unranked = _drop_unranked(
         encode_rankings(tokenizer, train_ex, max_len, r.prompt_template, source=r.train_file))
+    if n_unranked and len(train) < r.batch_size:  # else BatchPlan's "lower batch_size" misleads
+        raise UserError(f"{n_unranked} of the {len(train_ex)} rankings tie all their responses, "
+                        "which gives no comparison to learn from; "
+                        f"{len(train)} remain for a global batch of {r.batch_size}",
+                        path=r.train_file, field="ranking")
     train_labelers = {e.labeler_id for e in train_ex if e.labeler_id is not None}
     valid = None
     if r.valid_file:
