@@ -1,18 +1,12 @@
-"""Helpers for the end-to-end tests: a tiny checkpoint, a real uvicorn server in a subprocess,
-and one SFT step plus one reward-model step on exported files."""
+"""Helpers for the end-to-end tests: a tiny checkpoint, a real uvicorn server in a subprocess
+(rlhf.labeling.loadtest.live_server), and one SFT step plus one reward-model step on exported
+files."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-import httpx
+from rlhf.labeling.loadtest import live_server  # noqa: F401 - used by the e2e tests
 
 
 def tiny_checkpoint(folder: Path) -> Path:
@@ -33,48 +27,6 @@ def tiny_checkpoint(folder: Path) -> Path:
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def live_server(db_url: str, admin_token: str, log_path: Path,
-                startup_timeout: float = 60.0) -> Iterator[str]:
-    """`rlhf label serve` (uvicorn) in a subprocess on a free loopback port; yields its URL."""
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "rlhf.labeling.cli", "serve", "--db", db_url, "--host",
-           "127.0.0.1", "--port", str(port), "--admin-token", admin_token, "--log-level",
-           "warning"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + startup_timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
-                try:
-                    if httpx.get(f"{url}/api/health", timeout=1.0).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
-                time.sleep(0.1)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def train_one_sft_step(model_dir: Path, demonstrations: Path, out: Path) -> dict:
