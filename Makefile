@@ -11,10 +11,15 @@ export TOKENIZERS_PARALLELISM := false
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Everything but torch from the hashed lock (requirements/lock.txt, see requirements/compile.py);
+# torch pinned in pyproject.toml (the local CPU wheel here: its hash is not PyPI's); then this
+# project without dependencies. Re-runs when pyproject.toml or the lock changes.
+$(STAMP): pyproject.toml requirements/lock.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements/lock.txt
 	$(BIN)/pip install -q --disable-pip-version-check "torch==2.13.0"
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(STAMP)
 
 test: $(STAMP)
