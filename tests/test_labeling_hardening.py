@@ -463,3 +463,18 @@ def test_training_on_only_all_tied_rankings_says_so(tmp_path):
     assert str(rankings) in message
     store.close()
 
+
+
+def test_deeply_nested_uploads_are_a_422_not_a_crash(app, tmp_path):
+    from rlhf.labeling.records import parse_records_text
+
+    deep = "[" * 100_000 + "]" * 100_000
+    for text in (deep, '{"prompt": "x", "m": %s}' % deep):
+        with pytest.raises(Invalid, match="nested too deeply"):
+            parse_records_text(text, "upload")
+    admin, csrf = login(app, ADMIN)
+    r = admin.post("/admin/projects/r1/prompts", data={"csrf_token": csrf, "records": deep})
+    assert r.status_code == 422 and "nested too deeply" in r.text
+    nested = '{"prompt": "x", "m": %s}' % ("[" * 30 + "]" * 30)
+    r = admin.post("/admin/projects/r1/prompts", data={"csrf_token": csrf, "records": nested})
+    assert r.status_code == 422 and "nested deeper than 20 levels" in r.text

@@ -621,6 +621,8 @@ def parse_records_text(text: str, source: str = "upload") -> list[Any]:
         except json.JSONDecodeError as e:
             raise Invalid(f"{source}: malformed JSON array ({e.msg} at line {e.lineno}, "
                           f"column {e.colno})") from None
+        except RecursionError:
+            raise Invalid(f"{source}: JSON nested too deeply") from None
         return list(iter_limited(data))
     out = []
     for n, line in enumerate(stripped.splitlines(), start=1):
@@ -631,6 +633,8 @@ def parse_records_text(text: str, source: str = "upload") -> list[Any]:
         except json.JSONDecodeError as e:
             raise Invalid(f"{source} line {n}: malformed JSON ({e.msg} at column {e.colno})") \
                 from None
+        except RecursionError:
+            raise Invalid(f"{source} line {n}: JSON nested too deeply") from None
         if len(out) > MAX_IMPORT_RECORDS:
             raise Invalid(f"too many records in one import (limit {MAX_IMPORT_RECORDS})")
     return out
