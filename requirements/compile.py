@@ -75,7 +75,8 @@ def main() -> None:
     header = [
         "# requirements/lock.txt: every package of the environment, pinned with hashes, for",
         "# `make test` and `make demo` (pip install --require-hashes --no-deps -r this file).",
-        "# Written by requirements/compile.py with uv (universal, Python 3.11) from pyproject.toml:",
+        "# Written by requirements/compile.py with uv (universal, Python 3.11) from",
+        "# pyproject.toml:",
         "# its dependencies and the extras dev and postgres, plus torch's own dependencies.",
         f"# Outside this file: {torch}, pinned in pyproject.toml and installed on its own",
         "# (the local CPU wheel here, whose hash is not PyPI's; PyPI's Linux wheel would pull",

@@ -123,7 +123,8 @@ def test_lone_surrogates_are_refused_everywhere_text_is_accepted(app, store, ali
     out = label_cli("import", str(bad), "--db", store.url, "--project", "r1")
     assert out.returncode == 2 and "not valid Unicode" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
-    assert store.get_project("r1").n_prompts == 2 and store.export_records("r1", "demonstration") == []
+    assert store.get_project("r1").n_prompts == 2
+    assert store.export_records("r1", "demonstration") == []
 
 
 def _corrupt(store: Store, sql: str, **params) -> None:
@@ -184,7 +185,8 @@ def test_form_numbers_take_only_ascii_digits(app, store, alice, number):
     r = admin.post("/admin/projects/r1/assign", data={"csrf_token": admin_csrf,
                                                       "kind": "ranking", "overlap": number})
     assert r.status_code == 422 and "digits 0-9" in r.text
-    assert store.export_records("r1", "rating") == [] and store.export_records("r1", "ranking") == []
+    assert store.export_records("r1", "rating") == []
+    assert store.export_records("r1", "ranking") == []
 
 
 # -- 3. malformed Label Studio / Argilla records -----------------------------------------------
@@ -469,9 +471,9 @@ def test_deeply_nested_uploads_are_a_422_not_a_crash(app, tmp_path):
     from rlhf.labeling.records import parse_records_text
 
     deep = "[" * 100_000 + "]" * 100_000
-    for text in (deep, '{"prompt": "x", "m": %s}' % deep):
+    for upload in (deep, '{"prompt": "x", "m": %s}' % deep):
         with pytest.raises(Invalid, match="nested too deeply"):
-            parse_records_text(text, "upload")
+            parse_records_text(upload, "upload")
     admin, csrf = login(app, ADMIN)
     r = admin.post("/admin/projects/r1/prompts", data={"csrf_token": csrf, "records": deep})
     assert r.status_code == 422 and "nested too deeply" in r.text

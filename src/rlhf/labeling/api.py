@@ -222,7 +222,8 @@ def export_response(store: Store, project: str, kind: str, *, download: bool = F
     headers = {"X-Skipped-Rows": str(len(skipped))}
     if download:  # a name stored before names were checked strictly must not break the header
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", project)[:64] or "project"
-        headers["Content-Disposition"] = f'attachment; filename="{safe}-{EXPORT_KINDS[kind]}s.jsonl"'
+        filename = f"{safe}-{EXPORT_KINDS[kind]}s.jsonl"
+        headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return Response(body.encode("utf-8"), media_type="application/x-ndjson", headers=headers)
 
 

@@ -447,7 +447,7 @@ def _submitted(item: Mapping[str, Any]) -> bool:
 
 
 def _argilla_answers(obj: Mapping[str, Any]) -> list[tuple[Any, Any, str]]:
-    """(user id, answer value, where) for every submitted answer of the record's ranking question."""
+    """(user id, answer value, where) for each submitted answer of the record's ranking question."""
     answers: list[tuple[Any, Any, str]] = []
     responses = obj.get("responses")
     if isinstance(responses, Mapping):  # v2: {"question": [{"user_id", "value", "status"?}]}

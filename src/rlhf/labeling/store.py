@@ -12,10 +12,16 @@ Tables
     assignments   (task, labeler) pairs; several labelers on one task is the overlap
     submissions   one answer per (task, labeler), enforced by a unique constraint, which is what
                   makes submitting twice idempotent even when two requests race
+    revoked_sessions, app_settings   logged-out browser sessions; the session-cookie key
 
 SQLite (the default) runs in WAL mode with a busy timeout; write transactions start with
 BEGIN IMMEDIATE, so two writers never deadlock upgrading a read lock, and a transaction that still
-meets "database is locked" is retried. Any other SQLAlchemy URL (PostgreSQL) works unchanged.
+meets "database is locked" is retried. PostgreSQL (postgresql+psycopg://...) runs the same code;
+the store, API and load tests run on both.
+
+Text is checked before it is stored (valid Unicode, no NUL: rlhf.labeling.records), and every
+stored value is checked again when exported, so a row written before the checks is reported
+(table, id, field) instead of breaking the export.
 """
 
 from __future__ import annotations

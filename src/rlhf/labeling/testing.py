@@ -30,7 +30,7 @@ def postgres_admin_url() -> str:
         raise NoDatabase(f"${PG_ENV} is not set: no PostgreSQL server to test against "
                          "(.ci/run starts one; or point it at postgresql+psycopg://user@host/db)")
     try:
-        import psycopg  # noqa: F401
+        import psycopg  # noqa: F401 - only whether the driver is there
     except ImportError:
         raise NoDatabase("the PostgreSQL driver is not installed (pip install -e '.[postgres]')"
                          ) from None
