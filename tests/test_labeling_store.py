@@ -224,3 +224,17 @@ def test_in_memory_database_works(tmp_path):
     s = Store("sqlite://")
     s.create_project("m")
     assert s.get_project("m").name == "m"
+
+
+def test_postgres_variants_skip_only_where_no_server_was_promised(monkeypatch, tmp_path):
+    from rlhf.labeling.testing import DatabaseRequired
+
+    monkeypatch.delenv("RLHF_TEST_PG_URL", raising=False)
+    monkeypatch.delenv("RLHF_TEST_PG_REQUIRED", raising=False)
+    with pytest.raises(NoDatabase, match="RLHF_TEST_PG_URL is not set"):
+        with temporary_database("postgresql", tmp_path):
+            pass
+    monkeypatch.setenv("RLHF_TEST_PG_REQUIRED", "1")  # .ci/run started a server
+    with pytest.raises(DatabaseRequired, match="promised"):
+        with temporary_database("postgresql", tmp_path):
+            pass

@@ -4,7 +4,8 @@ on the server named by $RLHF_TEST_PG_URL (`.ci/run` starts one on 127.0.0.1 and 
     with temporary_database("postgresql", tmp_path) as url: ...
 
 Where no PostgreSQL can be had, `temporary_database("postgresql", ...)` raises NoDatabase with a
-sentence saying why, which the tests turn into a skip.
+sentence saying why, which the tests turn into a skip; but where $RLHF_TEST_PG_REQUIRED=1 (set by
+.ci/run once its server is up) that is an error, so CI never skips the PostgreSQL tests silently.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 PG_ENV = "RLHF_TEST_PG_URL"
+REQUIRED_ENV = "RLHF_TEST_PG_REQUIRED"
 BACKENDS = ("sqlite", "postgresql")
 
 
@@ -23,17 +25,28 @@ class NoDatabase(Exception):
     """This kind of database cannot be had here; the message says why."""
 
 
+class DatabaseRequired(RuntimeError):
+    """PostgreSQL was promised ($RLHF_TEST_PG_REQUIRED=1) but cannot be had."""
+
+
+def _none(message: str) -> Exception:
+    if os.environ.get(REQUIRED_ENV) == "1":
+        return DatabaseRequired(f"{message} (and ${REQUIRED_ENV}=1: a PostgreSQL server was "
+                                "promised)")
+    return NoDatabase(message)
+
+
 def postgres_admin_url() -> str:
     """The server URL for creating test databases, or NoDatabase saying why there is none."""
     url = os.environ.get(PG_ENV, "").strip()
     if not url:
-        raise NoDatabase(f"${PG_ENV} is not set: no PostgreSQL server to test against "
-                         "(.ci/run starts one; or point it at postgresql+psycopg://user@host/db)")
+        raise _none(f"${PG_ENV} is not set: no PostgreSQL server to test against "
+                    "(.ci/run starts one; or point it at postgresql+psycopg://user@host/db)")
     try:
         import psycopg  # noqa: F401 - only whether the driver is there
     except ImportError:
-        raise NoDatabase("the PostgreSQL driver is not installed (pip install -e '.[postgres]')"
-                         ) from None
+        raise _none("the PostgreSQL driver is not installed (pip install -e '.[postgres]')"
+                    ) from None
     return url
 
 
@@ -56,9 +69,9 @@ def temporary_database(backend: str, folder: Path, name: str = "labels") -> Iter
             conn.execute(text(f'CREATE DATABASE "{db}"'))
     except Exception as e:  # noqa: BLE001 - any failure to reach the server means: none here
         admin.dispose()
-        raise NoDatabase(f"cannot create a database on the PostgreSQL server at "
-                         f"{admin_url.render_as_string(hide_password=True)}: "
-                         f"{str(e).splitlines()[0]}") from None
+        raise _none(f"cannot create a database on the PostgreSQL server at "
+                    f"{admin_url.render_as_string(hide_password=True)}: "
+                    f"{str(e).splitlines()[0]}") from None
     try:
         yield admin_url.set(database=db).render_as_string(hide_password=False)
     finally:
