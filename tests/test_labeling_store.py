@@ -238,3 +238,40 @@ def test_postgres_variants_skip_only_where_no_server_was_promised(monkeypatch, t
     with pytest.raises(DatabaseRequired, match="promised"):
         with temporary_database("postgresql", tmp_path):
             pass
+
+
+def _race(n: int, fn) -> tuple[list, list]:
+    """Run fn(i) in n threads released together; (results, exceptions)."""
+    barrier = threading.Barrier(n)
+    results, errors = [], []
+
+    def worker(i):
+        barrier.wait()
+        try:
+            results.append(fn(i))
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+def test_concurrent_writers_of_the_same_names_get_a_conflict_not_a_crash(store):
+    """On PostgreSQL writers run concurrently, so two may pass the "does it exist?" check and
+    meet the unique constraint; the loser is retried and then sees the winner's row."""
+    for attempt in range(3):
+        results, errors = _race(6, lambda i: store.create_labeler(f"same{attempt}"))
+        assert len(results) == 1 and len(errors) == 5, errors
+        assert all(isinstance(e, Conflict) for e in errors), errors
+        results, errors = _race(6, lambda i: store.create_project(f"proj{attempt}"))
+        assert len(results) == 1 and all(isinstance(e, Conflict) for e in errors), errors
+        fresh = [{"id": f"c{attempt}-{j}", "prompt": f"Concurrent {attempt}.{j}",
+                  "responses": ["a", "b"]} for j in range(20)]
+        results, errors = _race(4, lambda i: store.import_prompts("round1", fresh))
+        assert not errors, errors
+        assert sum(r.prompts_added for r in results) == 20
+        assert sum(r.candidates_added for r in results) == 40

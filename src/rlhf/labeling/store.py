@@ -303,7 +303,8 @@ def new_token() -> str:
 
 def _is_lock_error(exc: OperationalError) -> bool:
     text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
-    return "locked" in text or "busy" in text
+    return any(word in text for word in ("locked", "busy", "deadlock detected",
+                                         "could not serialize"))
 
 
 def make_engine(url: str) -> Engine:
@@ -361,8 +362,11 @@ class Store:
     # -- transactions ---------------------------------------------------------------------------
 
     def _transaction(self, fn: Callable[[Session], T], *, write: bool) -> T:
-        """Run fn in one transaction (commit on return, rollback on error). A transaction that
-        meets "database is locked" (SQLite under heavy concurrency) is retried from the start."""
+        """Run fn in one transaction (commit on return, rollback on error), retried from the
+        start when it meets "database is locked" (SQLite under heavy concurrency), a deadlock or
+        serialization failure, or, on PostgreSQL, where writers run concurrently, a unique
+        constraint that a concurrent twin won after this one checked (the retry sees the twin's
+        row and answers as for any existing row: a Conflict, or "unchanged")."""
         maker = self._write_sessions if write else self._read_sessions
         gate = self._write_lock if write else contextlib.nullcontext()
         delay = 0.02
@@ -370,6 +374,9 @@ class Store:
             try:
                 with gate, maker() as session, session.begin():
                     return fn(session)
+            except IntegrityError:
+                if self._sqlite or attempt == self.MAX_ATTEMPTS:
+                    raise  # SQLite serialises writers: a unique violation there is no race
             except OperationalError as exc:
                 if not _is_lock_error(exc) or attempt == self.MAX_ATTEMPTS:
                     raise
