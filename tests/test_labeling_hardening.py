@@ -5,6 +5,7 @@ acceptance) before its fix."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import copy
 import json
 import re
@@ -345,7 +346,20 @@ def _post_counting_reads(app, path: str, headers: dict[str, str], size: int) -> 
              "root_path": "", "client": ("127.0.0.9", 5000), "server": ("testserver", 80),
              "headers": raw + [(b"content-type", b"application/json"),
                                (b"content-length", str(n_chunks * len(chunk)).encode())]}
-    asyncio.run(app(scope, receive, send))
+    # in a thread of its own: an earlier test (Playwright's sync API) may leave this thread's
+    # event loop running, and asyncio.run refuses to start inside one
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(app(scope, receive, send))
+        except BaseException as e:  # noqa: BLE001 - re-raised below, in the test's thread
+            errors.append(e)
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    if errors:
+        raise errors[0]
     return status, reads
 
 
