@@ -10,6 +10,7 @@ reads its wait policy once, when it loads. Policies:
     gomp_default  OMP_WAIT_POLICY and GOMP_SPINCOUNT unset (RLHF_THREAD_POLICY=off): idle
                   threads spin for a while before they sleep
     rlhf          what `import rlhf` sets when the user has not (rlhf/__init__.py)
+    passive       OMP_WAIT_POLICY=PASSIVE: idle threads sleep at once (for reference)
 
 The busy process is a pure-Python loop (one core, no OpenMP of its own). Workloads on the
 demo-size GPT-2 (4 x 128, vocab 2048): pretraining fwd+bwd+AdamW on 32 x 128-token blocks, and
@@ -30,7 +31,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-POLICIES = {"gomp_default": {"RLHF_THREAD_POLICY": "off"}, "rlhf": {}}
+POLICIES = {"gomp_default": {"RLHF_THREAD_POLICY": "off"}, "rlhf": {},
+            "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
 def _child_pretrain(seconds: float) -> dict:

@@ -19,10 +19,11 @@ def _run(**env: str) -> str:
 
 
 @pytest.mark.parametrize("env, expected", [
-    ({}, "PASSIVE None"),                                   # idle threads sleep at once
+    ({}, "None 3000"),                                      # a short spin, then sleep
     ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE None"),         # the user's choice wins
     ({"GOMP_SPINCOUNT": "1000"}, "None 1000"),
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, "PASSIVE None"),
     ({"RLHF_THREAD_POLICY": "off"}, "None None"),           # OpenMP's own defaults
 ])
-def test_import_sets_a_passive_wait_policy_unless_told_otherwise(env, expected):
+def test_import_sets_a_short_spin_unless_told_otherwise(env, expected):
     assert _run(**env) == expected
