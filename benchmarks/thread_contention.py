@@ -44,7 +44,7 @@ def _child_pretrain(seconds: float) -> dict:
         model = load_model(build(Path(d))["policy"])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 2048, (32, 128), generator=g)
+    ids = torch.randint(0, model.config.vocab_size, (32, 128), generator=g)
     tokens, steps = 0, 0
     t0 = None
     while True:
