@@ -127,18 +127,13 @@ class Labeler:
         answer = good_response(self.world.universe, rec, rng)
         if rng.random() < self.traits.slip_rate:
             answer = slip(self.world.universe, rec, answer, rng)
-        habit = _rng("habit", self.id, rec["prompt"])   # its own stream: habits off = no habits
-        if rng_hit(habit, self.traits.chatty) and rec["category"] != "harmful":
-            answer = chatty(rec, answer, habit)
-        if rng_hit(habit, self.traits.aside) and rec["category"] != "harmful":
-            answer = aside(self.world.universe, rec, answer, habit)
+        if rec["category"] != "harmful":                 # a refusal keeps its form
+            habit = _rng("habit", self.id, rec["prompt"])  # its own stream: rates 0 = no habits
+            if habit.random() < self.traits.chatty:
+                answer = chatty(rec, answer, habit)
+            if habit.random() < self.traits.aside:
+                answer = aside(self.world.universe, rec, answer, habit)
         return answer
-
-
-def rng_hit(rng: random.Random, p: float) -> bool:
-    """One draw: True with probability p (the draw is made even when p is 0, so the stream is
-    the same whatever the rates)."""
-    return rng.random() < p
 
 
 def default_heldout(n: int) -> int:

@@ -160,8 +160,9 @@ def aside(u: Universe, rec: Record, response: str, rng: random.Random) -> str:
     """The response with one more fact the writer knows, which nobody asked for."""
     joiner = "\n" if rec["category"] in _LIST_CATEGORIES else " "
     fact = _unrelated_sentence(u, rng)
-    return f"{response}{joiner}By the way, {fact[0].lower()}{fact[1:]}" \
-        if fact.startswith("The ") else f"{response}{joiner}By the way, {fact}"
+    if fact.startswith("The "):
+        fact = "the" + fact[3:]
+    return f"{response}{joiner}By the way, {fact}"
 
 
 # --------------------------------------------------------------------------- slips
