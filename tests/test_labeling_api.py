@@ -10,7 +10,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rlhf.labeling.app import create_app
-from rlhf.labeling.testing import BACKENDS, NoDatabase, temporary_database
 
 ADMIN = "admin-token-for-tests"
 A = {"Authorization": f"Bearer {ADMIN}"}
@@ -25,14 +24,6 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.fixture(params=BACKENDS)
-def db_url(request, tmp_path):
-    """Every API test runs on SQLite and on PostgreSQL (skipped, saying why, without a server)."""
-    try:
-        with temporary_database(request.param, tmp_path, "api") as url:
-            yield url
-    except NoDatabase as e:
-        pytest.skip(str(e))
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from rlhf.labeling.app import create_app
 from rlhf.labeling.errors import Invalid
 from rlhf.labeling.security import COOKIE_NAME, LoginLimiter, SessionCodec, SessionData
 from rlhf.labeling.store import BadRows, Store
-from rlhf.labeling.testing import BACKENDS, NoDatabase, temporary_database
 
 ADMIN = "admin-token-for-hardening"
 A = {"Authorization": f"Bearer {ADMIN}"}
@@ -36,13 +35,6 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.fixture(params=BACKENDS)
-def db_url(request, tmp_path):
-    try:
-        with temporary_database(request.param, tmp_path, "hard") as url:
-            yield url
-    except NoDatabase as e:
-        pytest.skip(str(e))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from rlhf.labeling.errors import Conflict, Invalid, NotFound
 from rlhf.labeling.store import Store, hash_token
-from rlhf.labeling.testing import BACKENDS, NoDatabase, count, temporary_database
+from rlhf.labeling.testing import NoDatabase, count, temporary_database
 
 PROMPTS = [
     {"id": "p1", "prompt": "Name a color.", "category": "open_qa",
@@ -22,13 +22,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(params=BACKENDS)
-def db_url(request, tmp_path):
-    try:
-        with temporary_database(request.param, tmp_path) as url:
-            yield url
-    except NoDatabase as e:
-        pytest.skip(str(e))
 
 
 @pytest.fixture
