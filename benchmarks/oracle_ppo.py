@@ -33,7 +33,7 @@ def train_policy(cfg, run: Path, summary: dict, reward: str, iterations: int, ou
                  world) -> dict:
     """PPO from the run's SFT model against `reward` ("gold" or "rm"); returns the summary.
     `summary` is the run's summary.json."""
-    from rlhf.pipeline import _cfg_with
+    from rlhf.pipeline import with_sections
     from rlhf.train.ppo import ppo
 
     sft = summary["sft"]
@@ -47,7 +47,7 @@ def train_policy(cfg, run: Path, summary: dict, reward: str, iterations: int, ou
         overrides["reward_model"] = summary["rounds"][0]["rm"]
     else:
         raise ValueError(f"unknown reward {reward!r} (gold or rm)")
-    c = _cfg_with(cfg, ppo=overrides)
+    c = with_sections(cfg, ppo=overrides)
     return ppo(c, out, reward_fn=reward_fn)
 
 

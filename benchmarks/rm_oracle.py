@@ -67,7 +67,7 @@ def pair_accuracy(rows: list[dict], scores: list[list[float]]) -> dict:
 def rm_scores(rm_path: str, rows: list[dict], template: str) -> list[list[float]]:
     from rlhf.models import load_tokenizer
     from rlhf.models.reward import RewardModel
-    from rlhf.train.reward import score_texts
+    from rlhf.models.reward import score_texts
 
     rm, tok = RewardModel.from_pretrained(rm_path), load_tokenizer(rm_path)
     flat = score_texts(rm, tok, [r["prompt"] for r in rows for _ in r["responses"]],
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from rlhf.config import load_config
     from rlhf.io import read_jsonl
-    from rlhf.pipeline import _cfg_with
+    from rlhf.pipeline import with_sections
     from rlhf.train.reward import train_rm
     from rlhf.world import World
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     for source, file in sources.items():
         for ep in args.epochs or [cfg.rm.epochs]:
             name = f"{source}_{ep}ep"
-            c = _cfg_with(cfg, rm={"train_file": str(file), "epochs": ep,
+            c = with_sections(cfg, rm={"train_file": str(file), "epochs": ep,
                                    "demonstrations_file": None})
             t0 = time.time()
             s = train_rm(c, work / name)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from rlhf.data.format import DEFAULT_TEMPLATE, encode_prompt, encode_response
+from rlhf.models.format import (DEFAULT_TEMPLATE, TruncationCounter, encode_pair, encode_prompt,
+                                pad_sequences)
 from rlhf.errors import UserError
 from rlhf.io import read_jsonl, require_str
 from rlhf.rl.ranking import preference_matrix
@@ -198,43 +199,6 @@ def load_prompt_responses(path: str | Path) -> list[tuple[str, str]]:
 
 # ----------------------------------------------------------------------------- tokenisation
 
-class TruncationCounter:
-    def __init__(self):
-        self.prompts = self.responses = self.total = 0
-
-    def warn(self, source: str = "", max_length: int = 0) -> None:
-        if self.prompts or self.responses:
-            warnings.warn(f"{source}: of {self.total} sequences longer than max_length="
-                          f"{max_length}: {self.prompts} prompts were cut from the left, "
-                          f"{self.responses} responses were cut at the end (their EOS lost)",
-                          stacklevel=3)
-
-
-def encode_pair(tokenizer, prompt: str, response: str, max_length: int,
-                template: str = DEFAULT_TEMPLATE, counter: TruncationCounter | None = None,
-                prompt_ids: list[int] | None = None) -> list[int]:
-    """Prompt ids (template applied) + " " + response ids + EOS, at most max_length tokens.
-
-    Too long: the prompt is cut from the left; a response that alone exceeds max_length is cut
-    at the end (it loses its EOS). Both are counted in `counter`.
-    """
-    p = prompt_ids if prompt_ids is not None else encode_prompt(tokenizer, prompt, template)
-    r = encode_response(tokenizer, response)
-    if counter is not None:
-        counter.total += 1
-    if len(p) + len(r) > max_length:
-        if len(r) > max_length:
-            r = r[:max_length]
-            if counter is not None:
-                counter.responses += 1
-        keep = max_length - len(r)
-        if keep < len(p):
-            p = p[len(p) - keep:] if keep > 0 else []
-            if counter is not None:
-                counter.prompts += 1
-    return list(p) + list(r)
-
-
 def encode_rankings(tokenizer, examples: list[RankingExample], max_length: int,
                     template: str = DEFAULT_TEMPLATE, source: str = "") -> list[EncodedRanking]:
     counter = TruncationCounter()
@@ -246,24 +210,6 @@ def encode_rankings(tokenizer, examples: list[RankingExample], max_length: int,
         out.append(EncodedRanking(seqs, ex.ranking, ex.labeler_id))
     counter.warn(source, max_length)
     return out
-
-
-def pad_sequences(seqs: list[list[int]], pad_id: int, side: str = "right"
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids [N, T], attention_mask [N, T]) padded to the longest sequence."""
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if not s:
-            continue
-        if side == "right":
-            ids[i, :len(s)] = torch.tensor(s)
-            mask[i, :len(s)] = 1
-        else:
-            ids[i, n - len(s):] = torch.tensor(s)
-            mask[i, n - len(s):] = 1
-    return ids, mask
 
 
 def collate_rankings(batch: list[EncodedRanking], pad_id: int) -> dict[str, torch.Tensor]:

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 
-from rlhf.data.format import DEFAULT_TEMPLATE, encode_response, format_prompt
+from rlhf.models.format import DEFAULT_TEMPLATE, encode_response, format_prompt
 from rlhf.errors import UserError
 from rlhf.io import read_jsonl, require_str
+from rlhf.models.lm import IGNORE_INDEX
 
-IGNORE = -100  # label value that carries no loss
+IGNORE = IGNORE_INDEX  # label value that carries no loss
 
 
 @dataclass

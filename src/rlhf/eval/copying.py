@@ -30,8 +30,8 @@ from collections import defaultdict
 
 import torch
 
-from rlhf.data.format import DEFAULT_TEMPLATE
-from rlhf.generation import left_pad
+from rlhf.models.format import DEFAULT_TEMPLATE
+from rlhf.models.format import pad_sequences
 from rlhf.models.lm import context_length, position_ids_from_mask
 from rlhf.world import lexicon as lx
 from rlhf.world.universe import Universe
@@ -89,8 +89,8 @@ def copy_accuracy(model, tokenizer, cases: list[dict], batch_size: int = 64) -> 
         answers = [tokenizer(" " + c["answer"], add_special_tokens=False)["input_ids"]
                    for c in chunk]
         # prefix + answer, teacher-forced; the end of a text longer than the context matters
-        ids, mask = left_pad([(tokenizer(c["prefix"], add_special_tokens=False)["input_ids"]
-                               + a)[-ctx:] for c, a in zip(chunk, answers)], pad)
+        ids, mask = pad_sequences([(tokenizer(c["prefix"], add_special_tokens=False)["input_ids"]
+                                    + a)[-ctx:] for c, a in zip(chunk, answers)], pad, side="left")
         ids, mask = ids.to(device), mask.to(device)
         pred = model(input_ids=ids, attention_mask=mask,
                      position_ids=position_ids_from_mask(mask)).logits.argmax(-1)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from rlhf.data.format import DEFAULT_TEMPLATE
+from rlhf.models.format import DEFAULT_TEMPLATE
 from rlhf.eval.judging import (CLOSED_DOMAIN, compare_by_judge, compare_to_reference,
                                judge_responses, prompt_text, rate_responses)
 from rlhf.eval.samples import model_perplexity, sample_model
@@ -58,7 +58,7 @@ def rm_mean_score(rm_path, prompts: Sequence, responses: Sequence[str], *,
     """Mean (normalised) proxy RM score of the responses."""
     from rlhf.models import load_tokenizer
     from rlhf.models.reward import RewardModel
-    from rlhf.train.reward import score_texts
+    from rlhf.models.reward import score_texts
 
     rm = RewardModel.from_pretrained(rm_path)
     tok = load_tokenizer(rm_path)

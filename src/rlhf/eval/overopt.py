@@ -171,7 +171,8 @@ def sequence_kl(policy, reference, tokenizer, prompt_ids: list[list[int]], *,
     the sampled tokens (the estimator PPO logs as objective/kl). Returns (rollout, kl [B])."""
     import torch
 
-    from rlhf.generation import generate, policy_logits
+    from rlhf import rl
+    from rlhf.models.generation import generate
     from rlhf.models.lm import position_ids_from_mask
 
     ro = generate(policy, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
@@ -181,7 +182,7 @@ def sequence_kl(policy, reference, tokenizer, prompt_ids: list[list[int]], *,
         tr = ro.response.size(1)
         logits = reference(input_ids=ids, attention_mask=mask,
                            position_ids=position_ids_from_mask(mask)).logits[:, -(tr + 1):-1]
-        lp_ref = torch.log_softmax(policy_logits(logits, temperature, tokenizer.pad_token_id),
+        lp_ref = torch.log_softmax(rl.policy_logits(logits, temperature, tokenizer.pad_token_id),
                                    -1).gather(-1, ro.response[..., None]).squeeze(-1)
         # PAD after EOS has log π_ref = -inf (PAD is never sampled): select, don't multiply
         kl = (ro.logprobs - lp_ref).masked_fill(ro.response_mask == 0, 0.0).sum(1)
@@ -201,7 +202,7 @@ def checkpoint_curve(checkpoints: Sequence[tuple[Any, str | Path]], reference: s
     Returns [{"step", "path", "kl", "sqrt_kl", "proxy", "gold", "length", **extra}]."""
     import torch
 
-    from rlhf.data.format import DEFAULT_TEMPLATE, decode_response, encode_prompt
+    from rlhf.models.format import DEFAULT_TEMPLATE, decode_response, encode_prompt
     from rlhf.models import load_model, load_tokenizer
 
     template = template or DEFAULT_TEMPLATE
@@ -236,7 +237,7 @@ def checkpoint_curve(checkpoints: Sequence[tuple[Any, str | Path]], reference: s
                               "length": float(np.mean(lengths)) if lengths else 0.0,
                               "proxy": None, "gold": None, **(extra or {})}
         if rm is not None:
-            from rlhf.train.reward import score_texts
+            from rlhf.models.reward import score_texts
             pt["proxy"] = float(np.mean(score_texts(rm, tok, texts, responses, batch_size,
                                                     template)))
         if judge is not None:

@@ -151,7 +151,7 @@ def build_prompt(question: str, prompt_style: str = "qa", template: str | None =
     if prompt_style == "null":
         return f"Q: {question}\nA:"
     if prompt_style == "chat":
-        from rlhf.data.format import DEFAULT_TEMPLATE, format_prompt
+        from rlhf.models.format import DEFAULT_TEMPLATE, format_prompt
         return format_prompt(question, template or DEFAULT_TEMPLATE)
     raise UserError(f"unknown prompt style {prompt_style!r} (one of {', '.join(PROMPT_STYLES)})",
                     field="prompt_style")

@@ -1,7 +1,7 @@
 """Sample K candidate responses per prompt from a checkpoint, for labelers to rank or rate.
 
 The policy (usually the SFT model) is loaded from a Hugging Face folder, prompts are formatted
-with the shared template ("User: {prompt}\\nAssistant:"), and `rlhf.generation.generate_texts`
+with the shared template ("User: {prompt}\\nAssistant:"), and `rlhf.models.generation.generate_texts`
 samples K answers each (left padding, KV cache, cut at EOS). Sampling runs before the database
 transaction, so a long generation never holds a lock; the candidates are then stored in one
 transaction as a new batch per prompt.
@@ -53,7 +53,7 @@ def generate_candidates(store: Store, project: str, checkpoint_path: str | Path,
     if not prompts:
         return GenerateReport(prompts=0, candidates=0, k=k)
 
-    from rlhf.generation import generate_texts  # torch and transformers load only when needed
+    from rlhf.models.generation import generate_texts  # torch and transformers load only when needed
     from rlhf.models import load_model, load_tokenizer
 
     try:
