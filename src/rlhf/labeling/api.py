@@ -11,8 +11,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlhf.labeling import records as R
-from rlhf.labeling.app import FOR_ADMIN, FOR_LABELERS
 from rlhf.labeling.errors import Forbidden, Invalid, TooManyAttempts, Unauthorized
+from rlhf.labeling.generate import generate_candidates
+from rlhf.labeling.http import FOR_ADMIN, FOR_LABELERS, MISSING_TOKEN, client_key
 from rlhf.labeling.security import tokens_equal
 from rlhf.labeling.store import LabelerInfo, Store
 
@@ -92,15 +93,13 @@ def get_store(request: Request) -> Store:
 
 
 def _bearer(request: Request) -> str:
-    from rlhf.labeling.app import client_key
-
     wait = request.app.state.login_limiter.retry_after(client_key(request.scope))
     if wait:
         raise TooManyAttempts(wait)
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing token: send the header 'Authorization: Bearer <token>'")
+        raise Unauthorized(MISSING_TOKEN)
     return token.strip()
 
 
@@ -112,8 +111,6 @@ def _checked(request: Request, token: str) -> Any:
 
 
 def _failed_token(request: Request) -> None:
-    from rlhf.labeling.app import client_key
-
     request.app.state.login_limiter.failed(client_key(request.scope))
 
 
@@ -183,8 +180,6 @@ def import_rankings(request: Request, name: str, body: RankingsIn) -> dict[str, 
 @router.post("/projects/{name}/generate", dependencies=[Admin])
 def generate(request: Request, name: str, body: GenerateIn) -> dict[str, Any]:
     """Sample K candidates per prompt from a checkpoint folder on the server's disk."""
-    from rlhf.labeling.generate import generate_candidates
-
     store = get_store(request)
     store.get_project(name)
     return generate_candidates(store, name, body.checkpoint, k=body.k,

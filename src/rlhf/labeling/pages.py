@@ -18,8 +18,9 @@ from starlette.datastructures import FormData, UploadFile
 from rlhf.errors import UserError
 from rlhf.labeling import records as R
 from rlhf.labeling.api import export_response
-from rlhf.labeling.app import LARGE_BODY, LoginRequired
 from rlhf.labeling.errors import Forbidden, Invalid, LabelingError
+from rlhf.labeling.generate import generate_candidates
+from rlhf.labeling.http import LARGE_BODY, LoginRequired, client_key
 from rlhf.labeling.security import COOKIE_NAME, SESSION_SECONDS, SessionData, tokens_equal
 from rlhf.labeling.store import LabelerInfo, Store, TaskView
 
@@ -133,8 +134,6 @@ def login_page(request: Request) -> Response:
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    from rlhf.labeling.app import client_key
-
     limiter = request.app.state.login_limiter
     wait = limiter.retry_after(client_key(request.scope))
     if wait:
@@ -377,8 +376,6 @@ async def admin_import_rankings(request: Request, name: str) -> Response:
 
 @router.post("/admin/projects/{name}/generate")
 async def admin_generate(request: Request, name: str) -> Response:
-    from rlhf.labeling.generate import generate_candidates
-
     async def action(form: FormData) -> tuple[str, dict[str, Any]]:
         checkpoint = _text(form, "checkpoint").strip()
         if not checkpoint:
