@@ -36,13 +36,12 @@ import itertools
 import math
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Protocol, Sequence
 
-from rlhf.world.judge import FLAG_NAMES, likert_of
+from rlhf.world.judge import FLAG_NAMES, Judgement, likert_of
+from rlhf.world.prompts import Record
+from rlhf.world.universe import Universe
 from rlhf.world.writer import aside, chatty, good_response, slip
-
-if TYPE_CHECKING:
-    from rlhf.world.world import World
 
 DEFAULT_NOISE = 0.19
 DEFAULT_SLIP_RATE = 0.12
@@ -60,6 +59,17 @@ class LabelerTraits:
     aside: float = 0.0    # probability that a demonstration adds an unasked fact at the end
 
 
+class GoldJudge(Protocol):
+    """What a labeler needs of the world (rlhf.world.World is one): the prompt record of a
+    prompt, the gold judge's verdict on a response, and the universe the gold writer draws on."""
+
+    universe: Universe
+
+    def record(self, prompt: str | dict) -> Record: ...
+
+    def judge(self, prompt: str | dict, response: str) -> Judgement: ...
+
+
 def _rng(*parts: Any) -> random.Random:
     """A generator seeded by the parts (string seeds are hashed with SHA-512: stable)."""
     return random.Random("\x1f".join(str(p) for p in parts))
@@ -68,7 +78,7 @@ def _rng(*parts: Any) -> random.Random:
 class Labeler:
     """One simulated person. `world` supplies the gold judge and prompt records."""
 
-    def __init__(self, world: World, labeler_id: str, traits: LabelerTraits, heldout: bool = False):
+    def __init__(self, world: GoldJudge, labeler_id: str, traits: LabelerTraits, heldout: bool = False):
         self.world = world
         self.id = labeler_id
         self.traits = traits
@@ -145,7 +155,7 @@ class LabelerPool:
     """`n` labelers with seeded traits; the last `n_heldout` (default: a quarter) are held out
     for evaluation, the others are training labelers."""
 
-    def __init__(self, world: World, n: int = 40, n_heldout: int | None = None, seed: int = 0, *,
+    def __init__(self, world: GoldJudge, n: int = 40, n_heldout: int | None = None, seed: int = 0, *,
                  noise: float = DEFAULT_NOISE, slip_rate: float = DEFAULT_SLIP_RATE,
                  tie_threshold: float = DEFAULT_TIE_THRESHOLD, chatty_rate: float = 0.0,
                  aside_rate: float = 0.0):
