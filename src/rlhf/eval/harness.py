@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from rlhf.data.format import DEFAULT_TEMPLATE
-from rlhf.eval.judging import (CLOSED_DOMAIN, compare_by_judge, compare_to_reference,
+from rlhf.eval.judging import (DEFAULT_CLOSED_DOMAIN, compare_by_judge, compare_to_reference,
                                judge_responses, prompt_text, rate_responses)
 from rlhf.eval.samples import model_perplexity, sample_model
+from rlhf.world.prompts import CLOSED_DOMAIN as WORLD_CLOSED_DOMAIN
 
 
 @dataclass
@@ -40,13 +41,9 @@ class ModelSpec:
 
 
 def world_closed_domain() -> set[str]:
-    """The Instruction World's closed-domain categories (it counts rewrites too), falling back
-    to rlhf.eval.judging.CLOSED_DOMAIN (closed_qa, summarization, extract)."""
-    try:
-        from rlhf.world.prompts import CLOSED_DOMAIN as WORLD_CLOSED
-        return set(WORLD_CLOSED)
-    except ImportError:
-        return set(CLOSED_DOMAIN)
+    """The Instruction World's closed-domain categories: rlhf.eval.judging's default ones
+    (closed_qa, summarization, extract) and rewrite."""
+    return set(WORLD_CLOSED_DOMAIN)
 
 
 def _log(msg: str) -> None:
@@ -74,7 +71,7 @@ def evaluate_models(specs: Sequence[ModelSpec], prompts: Sequence, *, labelers: 
                     ppl_files: Sequence[str] | None = None, ppl_block_size: int | None = None,
                     ppl_max_tokens: int | None = None, reward_model: str | Path | None = None,
                     truthfulqa: Sequence | None = None, truthfulqa_style: str = "qa",
-                    closed_domain: Iterable[str] = CLOSED_DOMAIN, seed: int = 0,
+                    closed_domain: Iterable[str] = DEFAULT_CLOSED_DOMAIN, seed: int = 0,
                     n_boot: int = 200, keep_samples: int = 5,
                     out_dir: str | Path | None = None,
                     responses: dict[str, list[str]] | None = None) -> dict:

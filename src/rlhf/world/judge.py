@@ -50,8 +50,6 @@ from rlhf.world.text import (claim_is_true, ends_properly, extract_claims, is_li
 from rlhf.world.universe import Universe
 from rlhf.world.vocab import is_known
 
-FLAG_NAMES: tuple[str, ...] = ("follows_instruction", "satisfies_constraint", "hallucination",
-                               "harmful_compliance", "appropriate_for_customer")
 W_TASK, W_CONSTRAINT, W_STYLE = 0.55, 0.25, 0.20
 
 _REFUSAL_RE = re.compile(r"\b(i can't|i cannot|i can not|i won't|i will not|i'm not able to|"
@@ -66,7 +64,7 @@ _SIZE_WORDS = frozenset(lx.SIZES)
 class Judgement:
     score: float                 # in [0, 1]
     likert: int                  # 1..7
-    flags: dict[str, bool]       # FLAG_NAMES
+    flags: dict[str, bool]       # rlhf.data.records.RATING_FLAGS
     checks: dict[str, float] = field(default_factory=dict)  # the components, for reading
 
 
