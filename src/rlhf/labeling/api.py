@@ -10,10 +10,10 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rlhf.labeling import records as R
 from rlhf.labeling.errors import Forbidden, Invalid, TooManyAttempts, Unauthorized
 from rlhf.labeling.generate import generate_candidates
 from rlhf.labeling.http import FOR_ADMIN, FOR_LABELERS, MISSING_TOKEN, client_key
+from rlhf.labeling.records import MAX_IMPORT_RECORDS, MAX_K, MAX_OVERLAP, MIN_K, check_unicode
 from rlhf.labeling.security import tokens_equal
 from rlhf.labeling.store import LabelerInfo, Store
 
@@ -34,7 +34,7 @@ class Body(BaseModel):
         carry a lone surrogate such as "\\ud800", which nothing can store or export)."""
         if isinstance(data, dict):
             for key, value in data.items():
-                R.check_unicode(value, str(key))
+                check_unicode(value, str(key))
         return data
 
 
@@ -44,17 +44,17 @@ class ProjectIn(Body):
 
 
 class PromptsIn(Body):
-    prompts: list[Any] = Field(max_length=R.MAX_IMPORT_RECORDS)
+    prompts: list[Any] = Field(max_length=MAX_IMPORT_RECORDS)
 
 
 class RankingsIn(Body):
-    records: list[Any] = Field(max_length=R.MAX_IMPORT_RECORDS)
+    records: list[Any] = Field(max_length=MAX_IMPORT_RECORDS)
     format: Literal["auto", "contract", "argilla", "label-studio"] = "auto"
 
 
 class GenerateIn(Body):
     checkpoint: str = Field(min_length=1, max_length=1000)
-    k: int = Field(4, ge=R.MIN_K, le=R.MAX_K)
+    k: int = Field(4, ge=MIN_K, le=MAX_K)
     max_new_tokens: int = Field(64, ge=1, le=1024)
     temperature: float = Field(1.0, gt=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -64,7 +64,7 @@ class GenerateIn(Body):
 
 class AssignIn(Body):
     kind: Literal["demonstration", "ranking", "rating"]
-    overlap: int = Field(1, ge=1, le=R.MAX_OVERLAP)
+    overlap: int = Field(1, ge=1, le=MAX_OVERLAP)
     labelers: list[str] | None = Field(None, max_length=1000)
     seed: int = 0
 

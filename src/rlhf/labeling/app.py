@@ -26,11 +26,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rlhf.errors import UserError
-from rlhf.labeling import records as R
 from rlhf.labeling import api, pages
 from rlhf.labeling.errors import LabelingError
 from rlhf.labeling.http import (FOR_ADMIN, FOR_LABELERS, LARGE_BODY, MISSING_TOKEN, SMALL_BODY,
                                 SMALL_BODY_PREFIXES, TOO_MANY, LoginRequired, client_key)
+from rlhf.labeling.records import (FLAGS, KINDS, LIKERT_MAX, LIKERT_MIN, MAX_K, MAX_RESPONSE_CHARS,
+                                   MIN_K)
 from rlhf.labeling.security import (LoginLimiter, SessionCodec, admin_token_version,
                                     check_admin_token, tokens_equal)
 from rlhf.labeling.store import Store
@@ -225,9 +226,9 @@ def create_app(db_url: str, admin_token: str | None = None, *, store: Store | No
     app.state.sessions = SessionCodec(the_store.session_secret())
     app.state.login_limiter = login_limiter or LoginLimiter()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.globals.update(FLAGS=R.FLAGS, KINDS=R.KINDS, MIN_K=R.MIN_K, MAX_K=R.MAX_K,
-                                 MAX_RESPONSE_CHARS=R.MAX_RESPONSE_CHARS,
-                                 LIKERT_MIN=R.LIKERT_MIN, LIKERT_MAX=R.LIKERT_MAX)
+    templates.env.globals.update(FLAGS=FLAGS, KINDS=KINDS, MIN_K=MIN_K, MAX_K=MAX_K,
+                                 MAX_RESPONSE_CHARS=MAX_RESPONSE_CHARS,
+                                 LIKERT_MIN=LIKERT_MIN, LIKERT_MAX=LIKERT_MAX)
     app.state.templates = templates
 
     app.add_middleware(BodyLimitMiddleware)

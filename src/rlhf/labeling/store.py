@@ -49,8 +49,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from rlhf.labeling import records as R
+from rlhf.io import atomic_path
 from rlhf.labeling.errors import Conflict, Invalid, NotFound
+from rlhf.labeling.records import (KINDS, MAX_CATEGORY_CHARS, MAX_DESCRIPTION_CHARS, MAX_K,
+                                   MAX_OVERLAP, MAX_PROMPT_ID_CHARS, MAX_RESPONSE_CHARS, MIN_K,
+                                   PromptRecord, RankingRecord, check_k, check_kind, check_name,
+                                   check_text, check_unicode, iter_limited, normalize_answer,
+                                   parse_prompt_record, parse_ranking_records, prompt_key,
+                                   unicode_problem)
 from rlhf.labeling.stats import agreement_report
 
 T = TypeVar("T")
@@ -78,9 +84,9 @@ class Prompt(Base):
     __table_args__ = (UniqueConstraint("project_id", "key"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
-    key: Mapped[str] = mapped_column(String(R.MAX_PROMPT_ID_CHARS))
+    key: Mapped[str] = mapped_column(String(MAX_PROMPT_ID_CHARS))
     text: Mapped[str] = mapped_column(Text)
-    category: Mapped[str] = mapped_column(String(R.MAX_CATEGORY_CHARS), default="")
+    category: Mapped[str] = mapped_column(String(MAX_CATEGORY_CHARS), default="")
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
@@ -252,7 +258,7 @@ def _displayable(value: Any, where: Callable[[], str]) -> Any:
     """`value` with lone surrogates and NUL (which no UTF-8 response can carry) replaced by U+FFFD,
     so one bad stored row does not break a labeler's task pages; each replacement is logged."""
     if isinstance(value, str):
-        if R.unicode_problem(value) is None:
+        if unicode_problem(value) is None:
             return value
         log.warning("stored text is not valid Unicode (%s); shown with U+FFFD", where())
         return _SURROGATES.sub("\ufffd", value)
@@ -400,9 +406,9 @@ class Store:
     # -- projects -------------------------------------------------------------------------------
 
     def create_project(self, name: str, description: str = "") -> ProjectInfo:
-        name = R.check_name(name, "name")
-        description = R.check_text(description or "", "description", R.MAX_DESCRIPTION_CHARS,
-                                   allow_empty=True)
+        name = check_name(name, "name")
+        description = check_text(description or "", "description", MAX_DESCRIPTION_CHARS,
+                                 allow_empty=True)
 
         def tx(s: Session) -> ProjectInfo:
             if s.scalar(select(Project.id).where(Project.name == name)) is not None:
@@ -474,7 +480,7 @@ class Store:
         return new
 
     @staticmethod
-    def _upsert_prompt(s: Session, project: Project, rec: R.PromptRecord,
+    def _upsert_prompt(s: Session, project: Project, rec: PromptRecord,
                        report: ImportReport) -> Prompt:
         prompt = s.scalar(select(Prompt).where(Prompt.project_id == project.id,
                                                Prompt.key == rec.key))
@@ -494,10 +500,10 @@ class Store:
         """Add prompts ({"id"?, "prompt", "category"?, "responses"?, ...}) in one transaction: a bad
         record aborts the whole import with an error naming its position. Re-importing the same
         file changes nothing; "responses" adds a candidate batch unless an identical one exists."""
-        parsed: list[R.PromptRecord] = []
-        for n, obj in enumerate(R.iter_limited(records), start=1):
+        parsed: list[PromptRecord] = []
+        for n, obj in enumerate(iter_limited(records), start=1):
             try:
-                parsed.append(R.parse_prompt_record(obj))
+                parsed.append(parse_prompt_record(obj))
             except Invalid as e:
                 raise Invalid(f"record {n}: {e}") from None
         if not parsed:
@@ -534,12 +540,12 @@ class Store:
             proj = self._project(s, project)
             report = ImportReport()
             for key, texts in by_key.items():
-                R.check_k(len(texts), "number of candidates")
+                check_k(len(texts), "number of candidates")
                 prompt = s.scalar(select(Prompt).where(Prompt.project_id == proj.id,
                                                        Prompt.key == key))
                 if prompt is None:
                     raise NotFound(f"project {project!r} has no prompt {key!r}")
-                clean = [R.check_text(t, "candidate", R.MAX_RESPONSE_CHARS) for t in texts]
+                clean = [check_text(t, "candidate", MAX_RESPONSE_CHARS) for t in texts]
                 self._candidate_set(s, prompt, clean, source[:500], report, reuse=False)
             return report
 
@@ -554,7 +560,7 @@ class Store:
 
     def create_labeler(self, name: str) -> tuple[LabelerInfo, str]:
         """A new labeler and its token; the token is returned once and only its hash is kept."""
-        name = R.check_name(name, "name")
+        name = check_name(name, "name")
         token = new_token()
 
         def tx(s: Session) -> LabelerInfo:
@@ -651,11 +657,11 @@ class Store:
         batch (K = 2..9); rating: one per candidate of the latest batch. Running it again tops
         tasks up to a larger overlap, or assigns new prompts, and never duplicates anything.
         """
-        R.check_kind(kind)
+        check_kind(kind)
         if isinstance(overlap, bool) or not isinstance(overlap, int) \
-                or not 1 <= overlap <= R.MAX_OVERLAP:
-            raise Invalid(f"must be a whole number from 1 to {R.MAX_OVERLAP}", field="overlap")
-        names = [R.check_name(n, "labelers") for n in labelers] if labelers else None
+                or not 1 <= overlap <= MAX_OVERLAP:
+            raise Invalid(f"must be a whole number from 1 to {MAX_OVERLAP}", field="overlap")
+        names = [check_name(n, "labelers") for n in labelers] if labelers else None
 
         def tx(s: Session) -> AssignReport:
             proj = self._project(s, project)
@@ -717,7 +723,7 @@ class Store:
             else:
                 batch = batches.get(prompt.id, [])
                 if kind == "ranking":
-                    wanted = [[c.id for c in batch]] if len(batch) >= R.MIN_K else []
+                    wanted = [[c.id for c in batch]] if len(batch) >= MIN_K else []
                 else:
                     wanted = [[c.id] for c in batch]
                 if not wanted:
@@ -774,7 +780,7 @@ class Store:
         if status not in ("pending", "done", "all"):
             raise Invalid("must be pending, done or all", field="status")
         if kind is not None:
-            R.check_kind(kind)
+            check_kind(kind)
 
         def tx(s: Session) -> list[TaskView]:
             query = self._task_rows(labeler_id)
@@ -821,7 +827,7 @@ class Store:
                             .where(Task.id == task_id, Assignment.labeler_id == labeler_id))
             if task is None:
                 raise NotFound(f"task {task_id} is not one of your tasks")
-            data = R.normalize_answer(task.kind, answer, len(task.candidate_ids))
+            data = normalize_answer(task.kind, answer, len(task.candidate_ids))
             return self._store_submission(s, task.id, labeler_id, data, source)
 
         return self._write(tx)
@@ -862,10 +868,10 @@ class Store:
         transaction. Labelers named in the file are created without a token (they cannot log in).
         The same prompt with the same responses from several labelers becomes one task with
         overlap, so agreement is measured on imported data too."""
-        parsed: list[R.RankingRecord] = []
-        for n, obj in enumerate(R.iter_limited(records), start=1):
+        parsed: list[RankingRecord] = []
+        for n, obj in enumerate(iter_limited(records), start=1):
             try:
-                parsed.extend(R.parse_ranking_records(obj, fmt))
+                parsed.extend(parse_ranking_records(obj, fmt))
             except Invalid as e:
                 raise Invalid(f"record {n}: {e}") from None
         if not parsed:
@@ -876,8 +882,8 @@ class Store:
             report = ImportReport()
             labelers: dict[str, Labeler] = {}
             for rec in parsed:
-                prompt = self._upsert_prompt(s, proj, R.PromptRecord(
-                    key=rec.key or R.prompt_key(rec.prompt), text=rec.prompt,
+                prompt = self._upsert_prompt(s, proj, PromptRecord(
+                    key=rec.key or prompt_key(rec.prompt), text=rec.prompt,
                     category=rec.category), report)
                 cands = self._candidate_set(s, prompt, rec.responses, "import", report, reuse=True)
                 ids = [c.id for c in cands]
@@ -924,7 +930,7 @@ class Store:
         is not valid Unicode, an answer of the wrong shape, a missing candidate) raises BadRows
         naming table, id and field, and nothing is returned; with `skip_invalid` such records
         are left out and their BadRows appended to `skipped`."""
-        R.check_kind(kind)
+        check_kind(kind)
         return self._read(lambda s: self._export(s, project, kind, skip_invalid, skipped,
                                                  "skip_invalid=true"))
 
@@ -965,8 +971,6 @@ class Store:
         written, then written to temporary files beside their targets and renamed into place
         together: a bad row (BadRows) or a failed write changes no file in `out_dir`. With
         `skip_invalid` bad rows are left out and appended to `skipped`."""
-        from rlhf.io import atomic_path
-
         out = Path(out_dir)
         files = {"demonstration": "demonstrations.jsonl", "ranking": "rankings.jsonl",
                  "rating": "ratings.jsonl"}
@@ -1015,7 +1019,7 @@ def _progress(task_kinds: Mapping[int, str], assignments: Sequence[Any], subs: S
     assigned_to: dict[int, int] = Counter(task_id for task_id, _, _ in assignments)
     answered: dict[int, int] = Counter(task_id for task_id, _, _, _ in subs)
     kinds: dict[str, dict[str, int]] = {k: {"tasks": 0, "assigned": 0, "submissions": 0,
-                                            "complete": 0} for k in R.KINDS}
+                                            "complete": 0} for k in KINDS}
     for task_id, kind in task_kinds.items():
         row = kinds[kind]
         row["tasks"] += 1
@@ -1024,7 +1028,7 @@ def _progress(task_kinds: Mapping[int, str], assignments: Sequence[Any], subs: S
         if assigned_to.get(task_id, 0) and answered.get(task_id, 0) >= assigned_to[task_id]:
             row["complete"] += 1
     people: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"assigned": 0, "done": 0, **{k: 0 for k in R.KINDS}})
+        lambda: {"assigned": 0, "done": 0, **{k: 0 for k in KINDS}})
     for _, _, name in assignments:
         people[name]["assigned"] += 1
     for _, kind, name, _ in subs:
@@ -1045,7 +1049,7 @@ def _stored_text(value: Any, table: str, row_id: int, field: str) -> str:
     if not isinstance(value, str):
         raise _BadRowError(BadRow(table, row_id, field, f"is a {type(value).__name__}, "
                                                         "not a string"))
-    problem = R.unicode_problem(value)
+    problem = unicode_problem(value)
     if problem:
         raise _BadRowError(BadRow(table, row_id, field, problem))
     return value
@@ -1057,7 +1061,7 @@ def _export_record(kind: str, sub_id: int, data: Any, task_id: int, cids: Any, p
     """One export record, every stored value checked; _BadRowError names the first bad one."""
     prompt = _stored_text(prompt, "prompts", prompt_id, "text")
     labeler = _stored_text(labeler, "labelers", labeler_id, "name")
-    want = {"demonstration": (0, 0), "ranking": (R.MIN_K, R.MAX_K), "rating": (1, 1)}[kind]
+    want = {"demonstration": (0, 0), "ranking": (MIN_K, MAX_K), "rating": (1, 1)}[kind]
     if not isinstance(cids, list) or not want[0] <= len(cids) <= want[1]:
         raise _BadRowError(BadRow("tasks", task_id, "candidate_ids",
                                   f"a {kind} task needs {want[0]}..{want[1]} candidate ids, "
@@ -1071,8 +1075,8 @@ def _export_record(kind: str, sub_id: int, data: Any, task_id: int, cids: Any, p
         raise _BadRowError(BadRow("submissions", sub_id, "data",
                                   f"is a {type(data).__name__}, not an object"))
     try:
-        R.check_unicode(data, "data")
-        answer = R.normalize_answer(kind, data, len(cids))
+        check_unicode(data, "data")
+        answer = normalize_answer(kind, data, len(cids))
     except Invalid as e:
         field = e.field if (e.field or "").startswith("data") else f"data.{e.field or kind}"
         raise _BadRowError(BadRow("submissions", sub_id, field,
