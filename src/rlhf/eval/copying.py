@@ -32,6 +32,7 @@ import torch
 
 from rlhf.data.format import DEFAULT_TEMPLATE
 from rlhf.generation import left_pad
+from rlhf.models import load_model, load_tokenizer
 from rlhf.models.lm import context_length, position_ids_from_mask
 from rlhf.world import lexicon
 from rlhf.world.universe import Universe
@@ -119,8 +120,6 @@ def copy_probe(models: dict[str, str], u: Universe, n: int = 50, seed: int = 0,
                template: str = DEFAULT_TEMPLATE) -> dict:
     """Copy accuracy of HF models given as {name: path} (a path probed once):
     {"n_cases", "chance": {detail: p}, "models": {name: {"accuracy", "prose", "chat"}}}."""
-    from rlhf.models import load_model, load_tokenizer
-
     cases = copy_cases(u, n, seed=seed, template=template)
     done: dict[str, dict] = {}
     out: dict = {"n_cases": len(cases), "models": {}}

@@ -24,6 +24,10 @@ from rlhf.data.format import DEFAULT_TEMPLATE
 from rlhf.eval.judging import (DEFAULT_CLOSED_DOMAIN, compare_by_judge, compare_to_reference,
                                judge_responses, prompt_text, rate_responses)
 from rlhf.eval.samples import model_perplexity, sample_model
+from rlhf.eval.truthfulqa import mc_scores
+from rlhf.io import write_jsonl_atomic
+from rlhf.models import disable_dropout, load_model, load_tokenizer
+from rlhf.models.reward import RewardModel
 from rlhf.world.prompts import CLOSED_DOMAIN as WORLD_CLOSED_DOMAIN
 
 
@@ -53,8 +57,6 @@ def _log(msg: str) -> None:
 def rm_mean_score(rm_path, prompts: Sequence, responses: Sequence[str], *,
                   template: str = DEFAULT_TEMPLATE, batch_size: int = 32) -> float:
     """Mean (normalised) proxy RM score of the responses."""
-    from rlhf.models import load_tokenizer
-    from rlhf.models.reward import RewardModel
     from rlhf.train.reward import score_texts
 
     rm = RewardModel.from_pretrained(rm_path)
@@ -97,7 +99,6 @@ def evaluate_models(specs: Sequence[ModelSpec], prompts: Sequence, *, labelers: 
         timings[f"sample/{s.name}"] = round(time.time() - t0, 2)
         _log(f"sampled {len(prompts)} responses from {s.name} in {timings[f'sample/{s.name}']}s")
     if out_dir is not None:
-        from rlhf.io import write_jsonl_atomic
         for s in specs:
             write_jsonl_atomic(Path(out_dir) / "samples" / f"{s.name}.jsonl",
                                [{"prompt": prompt_text(p),
@@ -129,8 +130,6 @@ def evaluate_models(specs: Sequence[ModelSpec], prompts: Sequence, *, labelers: 
                                         max_tokens=ppl_max_tokens)
             timings[f"ppl/{s.name}"] = round(time.time() - t0, 2)
         if truthfulqa:
-            from rlhf.eval.truthfulqa import mc_scores
-            from rlhf.models import disable_dropout, load_model, load_tokenizer
             t0 = time.time()
             model = load_model(s.path)
             disable_dropout(model)

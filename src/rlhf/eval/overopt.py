@@ -17,6 +17,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rlhf.data.format import DEFAULT_TEMPLATE, decode_response, encode_prompt
+
+# torch, rlhf.models and rlhf.generation are imported inside the functions that sample and score
+# (sequence_kl, checkpoint_curve, disable_dropout_eval): fitting and plotting a curve
+# (`rlhf eval kl-curve`, `rlhf eval report`) loads no model library.
+
 
 def _points(points: Sequence) -> list[dict]:
     out = []
@@ -201,19 +207,17 @@ def checkpoint_curve(checkpoints: Sequence[tuple[Any, str | Path]], reference: s
     Returns [{"step", "path", "kl", "sqrt_kl", "proxy", "gold", "length", **extra}]."""
     import torch
 
-    from rlhf.data.format import DEFAULT_TEMPLATE, decode_response, encode_prompt
-    from rlhf.models import load_model, load_tokenizer
+    from rlhf.models import context_length, load_model, load_tokenizer
+    from rlhf.models.reward import RewardModel
 
     template = template or DEFAULT_TEMPLATE
     tok = load_tokenizer(reference)
     ref = disable_dropout_eval(load_model(reference))
     rm = None
     if reward_model is not None:
-        from rlhf.models.reward import RewardModel
         rm = RewardModel.from_pretrained(reward_model)
         rm.eval()
     texts = [p["prompt"] if isinstance(p, dict) else str(p) for p in prompts]
-    from rlhf.models import context_length
     room = max(1, context_length(ref) - max_new_tokens)   # long prompts are cut from the left
     ids = [encode_prompt(tok, t, template)[-room:] for t in texts]
     todo = ([(0, Path(reference))] if include_reference else []) + \

@@ -67,6 +67,8 @@ from typing import Any
 import numpy as np
 
 from rlhf.data.records import RATING_FLAGS
+from rlhf.eval.overopt import curve_summary, fit_kl_curve, plot_reward_vs_kl
+from rlhf.io import write_text_atomic
 
 PLOTS = ("win_rate.png", "metadata.png", "ptx.png", "kl_curve.png", "truthfulqa.png")
 
@@ -341,7 +343,6 @@ def summary_text(results: dict) -> str:
     fit = results.get("kl_fit") or {}
     ks = results.get("kl_summary") or {}
     if results.get("kl_curve"):
-        from rlhf.eval.overopt import curve_summary, fit_kl_curve
         fit = fit or fit_kl_curve(results["kl_curve"])
         ks = ks or curve_summary(results["kl_curve"], fit)
     for key in ("proxy", "gold"):
@@ -459,9 +460,6 @@ def render_html(results: dict, plots: dict[str, str]) -> str:
 def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write report.json, the PNGs that have data, and report.html into out_dir; returns
     {file name: path}."""
-    from rlhf.eval.overopt import curve_summary, fit_kl_curve, plot_reward_vs_kl
-    from rlhf.io import write_text_atomic
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = dict(results)
