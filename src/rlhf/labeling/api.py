@@ -15,7 +15,8 @@ from rlhf.labeling.generate import generate_candidates
 from rlhf.labeling.http import FOR_ADMIN, FOR_LABELERS, MISSING_TOKEN, client_key
 from rlhf.labeling.records import MAX_IMPORT_RECORDS, MAX_K, MAX_OVERLAP, MIN_K, check_unicode
 from rlhf.labeling.security import tokens_equal
-from rlhf.labeling.store import LabelerInfo, Store
+from rlhf.labeling.store import Store
+from rlhf.labeling.tables import LabelerInfo
 
 router = APIRouter(prefix="/api")
 

@@ -24,7 +24,8 @@ from rlhf.labeling.records import (FLAG_NAMES, LIKERT_MAX, LIKERT_MIN, MAX_K, MA
                                    check_kind, groups_to_ranks, is_ascii_int, parse_int,
                                    parse_records_text)
 from rlhf.labeling.security import COOKIE_NAME, SESSION_SECONDS, SessionData, tokens_equal
-from rlhf.labeling.store import LabelerInfo, Store, TaskView
+from rlhf.labeling.store import Store
+from rlhf.labeling.tables import LabelerInfo, TaskView
 
 router = APIRouter(include_in_schema=False)
 TaskId = Annotated[int, Path(ge=1, le=2**62)]
