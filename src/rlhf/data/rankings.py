@@ -20,6 +20,9 @@ from pathlib import Path
 
 import torch
 
+from rlhf.data.adapters import parse_hh_rlhf_record, parse_tldr_record
+from rlhf.data.records import RankingExample
+from rlhf.data.sft import parse_messages_record
 from rlhf.models.format import (DEFAULT_TEMPLATE, TruncationCounter, encode_pair, encode_prompt,
                                 pad_sequences)
 from rlhf.errors import UserError
@@ -27,18 +30,6 @@ from rlhf.io import read_jsonl, require_str
 from rlhf.rl.ranking import preference_matrix
 
 FORMATS = ("auto", "rankings", "pairwise", "hh_rlhf", "tldr")
-
-
-@dataclass
-class RankingExample:
-    prompt: str
-    responses: list[str]
-    ranking: list[list[int]]          # tie groups, best first
-    labeler_id: str | None = None
-
-    @property
-    def k(self) -> int:
-        return len(self.responses)
 
 
 @dataclass
@@ -148,14 +139,12 @@ def load_rankings(path: str | Path, max_k: int = 9, data_format: str = "auto",
     a few records have e.g. an empty reply) it is skipped and the count is warned about.
     Malformed JSON is always an error.
     """
-    from rlhf.data import adapters
-
     if data_format not in FORMATS:
         raise UserError(f"unknown data_format '{data_format}' (one of {', '.join(FORMATS)})",
                         field="data_format")
     path = str(path)
     parsers = {"rankings": parse_ranking_record, "pairwise": parse_pairwise_record,
-               "hh_rlhf": adapters.parse_hh_rlhf_record, "tldr": adapters.parse_tldr_record}
+               "hh_rlhf": parse_hh_rlhf_record, "tldr": parse_tldr_record}
     out, skipped = [], []
     for line, obj in read_jsonl(path):
         fmt = detect_format(obj) if data_format == "auto" else data_format
@@ -186,8 +175,7 @@ def load_prompt_responses(path: str | Path) -> list[tuple[str, str]]:
     out = []
     for line, obj in read_jsonl(path):
         if "messages" in obj and "prompt" not in obj:
-            from rlhf.data.sft import _from_messages
-            d = _from_messages(obj, path, line)
+            d = parse_messages_record(obj, path, line)
             out.append((d.prompt, d.response))
             continue
         out.append((require_str(obj, "prompt", path, line),
