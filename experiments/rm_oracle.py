@@ -1,7 +1,7 @@
 """Oracle RM: is the reward model limited by the labelers' noise or by what it can learn?
 
-    .venv/bin/python benchmarks/rm_oracle.py --run runs/demo [--round 1]
-        [--epochs 1 --epochs 3] [--set rm.lr=3e-4 ...] [--out benchmarks/results/rm_oracle.json]
+    .venv/bin/python experiments/rm_oracle.py --run runs/demo [--round 1]
+        [--epochs 1 --epochs 3] [--set rm.lr=3e-4 ...] [--out experiments/results/rm_oracle.json]
 
 For round r of a finished pipeline run, trains the reward model as the pipeline did (same SFT
 start, same samples, the run's `rm` settings), once per (rankings, epochs):
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # for _bench
 from _bench import write_result  # noqa: E402
 
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="config overrides for every run, e.g. rm.lr=3e-4")
     ap.add_argument("--work", type=Path, default=None,
                     help="folder for the RM runs (default: RUN/rm_oracle)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/rm_oracle.json"))
+    ap.add_argument("--out", type=Path, default=Path("experiments/results/rm_oracle.json"))
     args = ap.parse_args(argv)
 
     from rlhf.config import load_config
