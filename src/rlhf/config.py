@@ -74,8 +74,8 @@ class PretrainConfig(OptimFields):
     # closed-domain task needs copying. `copy_warmup_steps` optimizer steps on synthetic copy
     # blocks (`rlhf.data.text.repeat_blocks`, constant LR after warm-up) come first and form the
     # induction heads; `copy_fraction` of the corpus phase's blocks stay synthetic so they are
-    # kept. 0 and 0.0 = plain pretraining. benchmarks/induction_formation.py measures when the
-    # heads form; benchmarks/copy_formation.py, copying through the whole pretraining run.
+    # kept. 0 and 0.0 = plain pretraining. experiments/induction_formation.py measures when the
+    # heads form; experiments/copy_formation.py, copying through the whole pretraining run.
     copy_warmup_steps: int = 0
     copy_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
 

@@ -1,7 +1,8 @@
 """Pure tensor math for PPO / PPO-ptx (no I/O, no model code).
 
-Every function here is on the run path. "spec 7.x" / "8.x" and [TAG] citations are defined in
-docs/references.md (the implementation checklist and pitfalls, and the papers and code cited).
+Every function here is on the run path. "spec 7.x" / "8.x" items and the bracketed tags such
+as [LMHP] are defined in docs/references.md (the implementation checklist and pitfalls, and the
+papers and code cited).
 
 ==============================  ==================================================  ==========
 function / class                equation                                            spec
@@ -10,7 +11,7 @@ masked_sum / masked_mean        Σ m·x ;  Σ m·x / Σ m                       
 masked_var                      Σ m·(x − μ)² / Σ m   (population)                   7.14
 whiten                          (x − μ)/sqrt(σ² + 1e-8) [+ μ if not shift_mean]      7.14, 7.15
 explained_variance              1 − Var[R − V]/Var[R]                               (logging)
-policy_logits                   z = logits/T with z[PAD] = −∞                       7.5, 7.10
+policy_logits                   z = logits/T, the PAD logit set to −∞              7.5, 7.10
 logprobs_from_logits            log softmax(logits/T)[y]                            7.10, 8.10
 entropy_from_logits             −Σ p log p,  p = softmax(logits/T)                  7.10
 response_mask_from_eos          m_t = 1 iff no EOS before t (and y_t ≠ PAD)          7.19, 7.20

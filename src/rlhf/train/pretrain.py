@@ -30,7 +30,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
              probe: Callable[[torch.nn.Module, object], dict] | None = None) -> dict:
     """`probe(model, tokenizer) -> {name: number}` adds held-out metrics of the caller's to each
     evaluation (every `eval_every` steps and at the end), logged as `valid/<name>` and returned
-    as `valid_<name>` (e.g. the copy probe: benchmarks/copy_formation.py). It runs without
+    as `valid_<name>` (e.g. the copy probe: experiments/copy_formation.py). It runs without
     gradients on every rank (rank 0's values are logged), so it must not use collectives."""
     dist.init()
     dist.seed_everything(cfg.seed)
@@ -117,7 +117,7 @@ def copy_warmup(model, tokenizer, p, blocks: torch.Tensor, seed: int, out: Path,
     after warm-up (the heads form abruptly, late in the phase). Its own run folder: a finished
     warm-up is loaded, not repeated, and an interrupted one resumes from its checkpoint.
     `on_eval(step)` runs every `eval_every` steps before the last, as in `fit`
-    (benchmarks/induction_formation.py measures copying with it)."""
+    (experiments/induction_formation.py measures copying with it)."""
     done = out / "final"
     if resume and (done / "config.json").exists():
         model.load_state_dict(load_model(done).state_dict())
