@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +129,29 @@ def test_a_ppo_plan_that_breaks_in_round_2_is_refused_before_any_stage(tmp_path)
     with pytest.raises(UserError, match=want):
         run_pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, field, hint", [
+    ("ppo.gamma_ptx=2.0", "ppo.gamma_ptx", "pipeline.ppo_ptx_gamma"),
+    ("sft.model=somewhere", "sft.model", "the pipeline sets it"),
+    ("ppo.reward_model=rm", "ppo.reward_model", "the pipeline sets it"),
+    ("rm.train_file=r.jsonl", "rm.train_file", "the pipeline sets it"),
+])
+def test_section_fields_the_pipeline_sets_are_refused_not_ignored(tmp_path, override, field,
+                                                                  hint):
+    """A section field the pipeline overwrites for each stage is refused, naming the field and
+    what to set instead, before the run folder exists; the fields it honours still work."""
+    from rlhf.config import load_config
+    from rlhf.errors import UserError
+    from rlhf.pipeline import check_owned_fields, run_pipeline
+
+    cfg = load_config(ROOT / "configs/quick.yaml", [override])
+    with pytest.raises(UserError, match=rf"(?s)field '{field}'.*{field} cannot be set in a "
+                                        rf"pipeline config.*{hint}"):
+        run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    check_owned_fields(load_config(ROOT / "configs/quick.yaml",
+                                   ["ppo.iterations=3", "ppo.lr=1e-4", "sft.epochs=1"]))
 
 
 def test_config_differences_name_dotted_keys():

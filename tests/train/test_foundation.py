@@ -239,7 +239,7 @@ def test_chat_messages_and_lima_formats(tmp_path):
                                           {"role": "assistant", "content": "see you"}]}) + "\n")
     (d,) = load_demonstrations(f)
     assert d.prompt == "bye" and d.response == "see you" and d.history == [("hi", "hello")]
-    lima = Path(__file__).resolve().parents[2] / "shared/data/lima/lima.json.gz"
+    lima = Path(__file__).resolve().parents[3] / "shared/data/lima/lima.json.gz"
     if lima.exists():
         demos = load_demonstrations(lima)
         assert len(demos) == 1029 and all(x.response for x in demos)

@@ -14,7 +14,7 @@ from helpers import tiny_lm
 from rlhf.eval.truthfulqa import (MCQuestion, answer_logprobs, build_prompt, load_truthfulqa,
                                   mc_scores)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "truthfulqa"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "truthfulqa"
 
 QUESTIONS = [
     MCQuestion("Where does the cat sit?", ["On the hill", "Under the river", "In red town"],

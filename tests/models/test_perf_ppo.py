@@ -277,14 +277,23 @@ def test_bf16_logprob_parity(setup):
 def test_bf16_ppo_runs_with_its_invariants(setup, tmp_path):
     """A bf16-autocast run: KL-at-0 and first-minibatch ratio checks pass at the bf16
     tolerances, losses finite, the ratio deviation reported (and nonzero: bf16 really ran)."""
-    rows = []
-    ppo(_cfg(setup, iterations=2), tmp_path / "run", autocast="bf16",
-          hooks=lambda e, s: rows.append(s["metrics"]) if e == "iteration" else None)
+    rows, seen = [], {}
+
+    def hooks(event, state):
+        if event == "setup":
+            seen["autocast"] = state["models"].autocast
+        if event == "iteration":
+            rows.append(state["metrics"])
+
+    ppo(_cfg(setup, iterations=2, autocast="bf16"), tmp_path / "run", hooks=hooks)
+    assert seen["autocast"] is torch.bfloat16           # the config field `ppo.autocast`
     for m in rows:
         assert 0 < m["policy/first_minibatch_ratio_dev"] <= BF16_RATIO_TOL
         assert math.isfinite(m["policy/loss"]) and math.isfinite(m["value/loss"])
     with pytest.raises(Exception, match="autocast"):
         autocast_dtype("fp8")
+    with pytest.raises(Exception, match="ppo.autocast"):
+        _cfg(setup, autocast="fp8")
 
 
 def test_cpu_threads_hint(monkeypatch):

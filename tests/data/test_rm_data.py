@@ -12,7 +12,7 @@ from rlhf.data.rankings import (collate_rankings, encode_pair, encode_rankings,
                                 load_prompt_responses, load_rankings, scores_to_matrix)
 from rlhf.errors import UserError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def write_jsonl(path, rows):

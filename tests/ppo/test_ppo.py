@@ -280,22 +280,25 @@ def test_advantages_on_a_real_rollout(world):
     assert float(ep.advantages[~m].abs().sum()) == 0.0
 
 
-@pytest.mark.parametrize("whiten_rewards", [False, True])
-def test_recipe_advantages_are_these(world, tmp_path, whiten_rewards):
+@pytest.mark.parametrize("whiten_rewards, kl_estimator", [(False, "k1"), (True, "k1"),
+                                                          (False, "k3")])
+def test_recipe_advantages_are_these(world, tmp_path, whiten_rewards, kl_estimator):
     """The recipe's advantages and returns are exactly `fill_advantages` of its rollout (so
-    the tests above, which call that, test what a run does)."""
+    the tests above, which call that, test what a run does), with the configured KL
+    estimator in the per-token penalty."""
     seen = {}
 
     def hooks(event, state):
         if event == "rollout":
             ep = state["episodes"]
-            seen["ep"] = Episodes(**{f: getattr(ep, f) for f in ep.__dataclass_fields__})
+            seen["ep"] = Episodes(**{f: None if getattr(ep, f) is None else getattr(ep, f).clone()
+                                     for f in ep.__dataclass_fields__})
         if event == "advantages":
             ep = state["episodes"]
             seen["adv"], seen["ret"] = ep.advantages.clone(), ep.returns.clone()
             seen["rewards"], seen["beta"] = state["rewards"].clone(), state["beta"]
 
-    cfg = make_cfg(world, iterations=1, whiten_rewards=whiten_rewards)
+    cfg = make_cfg(world, iterations=1, whiten_rewards=whiten_rewards, kl_estimator=kl_estimator)
     ppo(cfg, tmp_path / "run", hooks=hooks)
     rewards = fill_advantages(seen["ep"], cfg.ppo, seen["beta"])
     assert torch.equal(rewards, seen["rewards"])
