@@ -9,8 +9,8 @@ NeoX: 4 x), 3 layers, vocab 1536, 4 x 96 tokens), it measures, with TensorMemory
 tensor storage alive: what a caching allocator must hold):
 
     train   a training micro-batch with gradients already accumulated from the one before, then
-            the AdamW step: fp32 and bf16 autocast, full and LoRA (r = 8), full with gradient
-            checkpointing, and a reward model (scalar head: no logits)
+            the AdamW step: fp32 and bf16 autocast, full and LoRA (r = 8; also on a bf16
+            base), full with gradient checkpointing, and a reward model (scalar head: no logits)
     frozen  a no-grad forward + log-softmax (a PPO reference), and a reward model's scores
     rollout rlhf's `generate` with the KV cache, 8 prompts x (32 + 64) tokens
 
@@ -47,12 +47,15 @@ def _config(arch: str):
     return conf
 
 
-def _model(arch: str, lora: int):
+def _model(arch: str, lora: int, bf16_base: bool = False):
     from transformers import AutoModelForCausalLM
 
     from rlhf.models.lora import apply_lora
+    from rlhf.models.precision import resolve_precision
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(_config(arch))
+    if bf16_base:
+        resolve_precision("bf16-weights", trainable=False).cast(model)
     return apply_lora(model, r=lora, alpha=2 * lora) if lora else model
 
 
@@ -72,12 +75,13 @@ def measure_train(arch: str, precision: str, lora: int = 0, checkpointing: bool 
     """Peak of a micro-batch (gradients of the one before still held) + the AdamW step; a
     reward model (`reward`) trains on its scores instead of the LM loss."""
     from rlhf.models.memory import TensorMemoryTracker
-    model = _reward_model(arch).train() if reward else _model(arch, lora).train()
+    model = _reward_model(arch).train() if reward else \
+        _model(arch, lora, bf16_base=precision == "bf16-weights").train()
     if checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})   # per decoder layer
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(2, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
-    ac = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else \
+    ac = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision != "fp32" else \
         contextlib.nullcontext
 
     def micro_batch():
@@ -166,7 +170,8 @@ def main() -> None:
     for arch in ARCHS:
         conf = _config(arch)
         for precision, lora, ckpt in [("fp32", 0, False), ("bf16", 0, False), ("fp32", 8, False),
-                                      ("bf16", 8, False), ("fp32", 0, True)]:
+                                      ("bf16", 8, False), ("bf16-weights", 8, False),
+                                      ("fp32", 0, True)]:
             est = estimate_memory(conf, precision=precision, lora_rank=lora, batch_size=BATCH,
                                   seq_len=SEQ, trainable=True, gradient_checkpointing=ckpt,
                                   optimizer="adamw")

@@ -81,6 +81,21 @@ def test_reference_is_exactly_the_base_while_the_adapter_trains(arch):
     assert torch.equal(_logits(lm, ids), after)           # and the adapter is back on
 
 
+def test_adapter_on_a_bf16_base_stays_fp32_and_reference_is_the_base():
+    from rlhf.models.precision import resolve_precision
+    prec = resolve_precision("bf16-weights", trainable=False)    # the frozen base may be bf16
+    base = prec.cast(archs.build_model("llama"))
+    frozen = copy.deepcopy(base)
+    lm = apply_lora(base, r=4, alpha=8)
+    assert {p.dtype for p in lm.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in lm.parameters() if not p.requires_grad} == {torch.bfloat16}
+    with prec.autocast("cpu"):
+        _train(lm)
+        ids = _ids()
+        with reference_context(lm):
+            assert torch.equal(_logits(lm, ids), _logits(frozen, ids))
+
+
 def test_reference_context_needs_an_adapter():
     with pytest.raises(ValueError, match="LoRA"):
         reference_context(archs.build_model("gpt2"))

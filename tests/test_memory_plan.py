@@ -80,6 +80,12 @@ def test_precision_halves_frozen_weights_and_bf16_activations():
     assert train16.activations - copies < 0.8 * train32.activations
     with pytest.raises(ValueError, match="frozen"):
         estimate_memory(LLAMA_1B, precision="bf16-weights", trainable=True)
+    # ... but a LoRA run's frozen base may be bf16 (the adapter stays fp32)
+    lora16 = estimate_memory(LLAMA_1B, precision="bf16-weights", lora_rank=16)
+    lora32 = estimate_memory(LLAMA_1B, precision="bf16", lora_rank=16)
+    s = model_shape(LLAMA_1B)
+    assert lora16.weights == 2 * s.n_params + 4 * s.lora_params(16)
+    assert lora16.total < lora32.total
     with pytest.raises(ValueError, match="resolved"):
         estimate_memory(LLAMA_1B, precision="auto")
 

@@ -24,12 +24,13 @@ The coefficients (TRAIN_COEF, FROZEN_COEF: bytes per token) were fitted to the p
 bytes (TensorMemoryTracker: every tensor storage alive, as a caching allocator must hold them) of
 random tiny shapes per family on CPU, with HF's SDPA attention (no T² term) and no dropout.
 Measured error, checked by benchmarks/memory_plan.py on other shapes and on families not fitted
-(Qwen2, Qwen3, Mistral), fp32 and bf16 autocast, full and LoRA r = 8, gradient checkpointing,
+(Qwen2, Qwen3, Mistral), fp32 and bf16 autocast, full and LoRA r = 8 (also on a bf16 base),
+gradient checkpointing,
 causal LMs and reward models (benchmarks/results/memory_plan.json; MEASURED_ERROR), as
 (estimated − measured) / measured:
 
-    training step (micro-batch with accumulated gradients + AdamW step)  -8.2 % .. +5.6 %
-        its activations alone                                              -13.9 % .. +6.5 %
+    training step (micro-batch with accumulated gradients + AdamW step)  -8.2 % .. +5.9 %
+        its activations alone                                              -13.9 % .. +6.6 %
     frozen forward (reference log-probs, reward scores)                  -1.8 % .. +4.9 %
     rollout (KV cache + sampling)                                         -7.3 % .. +14.7 %
 
@@ -85,7 +86,7 @@ OPTIMIZER_BYTES = {"adam": 8, "adamw": 8, "sgd": 0}
 #: (benchmarks/results/memory_plan.json: six families, hidden 96, 3 layers, vocab 1536, 4 × 96
 #: tokens), of the whole peak and of the activations alone (the rest are exact counts).
 MEASURED_ERROR = {
-    "train": {"total": (-0.082, 0.056), "activations": (-0.139, 0.065)},
+    "train": {"total": (-0.082, 0.059), "activations": (-0.139, 0.066)},
     "frozen": {"total": (-0.018, 0.049), "activations": (-0.034, 0.127)},
     "rollout": {"total": (-0.073, 0.147), "activations": (-0.205, 0.327)},
 }
@@ -268,15 +269,16 @@ def estimate_memory(model_config, *, precision="fp32", lora_rank: int = 0, n_sha
     """Bytes per device of one model (see the module doc for every term).
 
     `precision`: a resolved Precision or its name ("fp32", "bf16" autocast, "bf16-weights" for
-    frozen models). `lora_rank` > 0: the base is frozen and an adapter of that rank on the
+    frozen models and a LoRA run's frozen base). `lora_rank` > 0: the base is frozen and an
+    adapter (fp32) of that rank on the
     default targets trains. `batch_size` × `seq_len`: the tokens of one micro-batch (training) or
     one forward (frozen). `scalar_head`: a reward/value model (the LM head replaced by a
     hidden→1 head). `logit_len`: positions per sequence whose logits are computed (PPO keeps the
     response's only: `logits_to_keep`); default all. `kv_cache_tokens`: tokens held in the KV
     cache (batch × length)."""
     prec = _precision_name(precision)
-    if trainable and prec == "bf16-weights":
-        raise ValueError("bf16-weights is for frozen models")
+    if trainable and prec == "bf16-weights" and not lora_rank:
+        raise ValueError("bf16-weights is for frozen models (or a LoRA run's frozen base)")
     if optimizer not in OPTIMIZER_BYTES:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_BYTES)}")
     if n_shards < 1 or batch_size < 0 or seq_len < 0 or lora_rank < 0:
@@ -463,11 +465,10 @@ def _remedies(inputs: Mapping[str, Any]) -> list[tuple[str, str, dict]]:
     trainable = ppo or inputs.get("trainable", True)
     if trainable and not inputs["lora_rank"]:
         out.append(("lora", "16", {"lora_rank": 16}))
-    if inputs["precision"] == "fp32":
-        if trainable:
-            out.append(("precision", "bf16", {"precision": "bf16"}))
-        else:
-            out.append(("precision", "bf16-weights", {"precision": "bf16-weights"}))
+    if inputs["precision"] != "bf16-weights" and (not trainable or inputs["lora_rank"]):
+        out.append(("precision", "bf16-weights", {"precision": "bf16-weights"}))
+    elif inputs["precision"] == "fp32":
+        out.append(("precision", "bf16", {"precision": "bf16"}))
     if ppo and inputs["frozen_precision"] != "bf16-weights" and not inputs["lora_rank"]:
         out.append(("frozen_precision", "bf16-weights", {"frozen_precision": "bf16-weights"}))
     if trainable and not inputs["gradient_checkpointing"]:

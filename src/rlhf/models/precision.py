@@ -5,10 +5,11 @@ the forward computes in.
     fp32           fp32     fp32                            anything
     bf16           fp32     bf16 autocast (fp32 master      anything (trained models keep fp32
                             weights, gradients, optimizer)  weights, gradients and Adam state)
-    bf16-weights   bf16     bf16 (autocast on, so the ops   frozen models only: the PPO reference,
-                            autocast keeps in fp32 do)      the reward model. A trained model in
-                                                            pure bf16 loses updates smaller than
-                                                            bf16's rounding step (2^-8 relative)
+    bf16-weights   bf16     bf16 (autocast on, so the ops   frozen weights only: the PPO reference,
+                            autocast keeps in fp32 do)      the reward model, a LoRA run's base
+                                                            (the adapter stays fp32). A trained
+                                                            model in pure bf16 loses updates
+                                                            below bf16's rounding step (2^-8)
     auto           bf16 where the hardware runs it natively, else fp32
 
 `auto` picks bf16 only on GPUs that support it (`torch.cuda.is_bf16_supported()`) and CPUs with
@@ -121,9 +122,11 @@ def resolve_precision(setting: str, device: torch.device | str = "cpu", *,
                       trainable: bool = True, field: str = "precision") -> Precision:
     """The precision `setting` (one of SETTINGS) means for a model on `device`.
 
-    `trainable`: whether the model is trained (policy, value model, SFT, RM training); those
-    may not use "bf16-weights" (pure bf16 weights lose small updates), only the frozen ones
-    (PPO reference, reward model, evaluation) may. `field` names the setting in errors.
+    `trainable`: whether the model's own weights are trained (policy, value model, SFT, RM
+    training); those may not use "bf16-weights" (pure bf16 weights lose small updates), only
+    frozen ones may (PPO reference, reward model, evaluation, and the frozen base under a LoRA
+    adapter, which stays fp32: pass trainable=False for it). `field` names the setting in
+    errors.
     An explicit "bf16" is honoured on any hardware; the reason says when it is emulated."""
     s = str(setting).strip().lower()
     if s not in SETTINGS:
