@@ -19,7 +19,7 @@ Targets: our generation ≤ bare generate; our iteration ≤ 1.15 × the sum of 
 The first (warm-up) iteration is excluded. On a shared machine single timings swing by 2×, so
 the headline figures are minima (as `timeit` reports): per phase, the best of the measured
 iterations for the recipe and the best of `--reps` runs per iteration for the bare phases;
-medians are in the JSON too. The sampler alone (`rlhf.generation.generate`, what the recipe
+medians are in the JSON too. The sampler alone (`rlhf.models.generation.generate`, what the recipe
 calls) is also timed right after the bare generate on the same prompts (a warm start; the
 recipe's rollout and the bare generate both follow a training phase). Prints, writes JSON.
 """
@@ -89,7 +89,7 @@ def bare_phases(ep, models: dict, p, tok, reps: int) -> dict[str, float]:
 
 
 def _bare_once(ep, models: dict, p, tok) -> dict[str, float]:
-    from rlhf.generation import generate
+    from rlhf.models.generation import generate
 
     policy, ref, rm, value = models["policy"], models["ref"], models["rm"], models["value"]
     out: dict[str, float] = {}

@@ -183,7 +183,7 @@ def bare_phases(ep, actors, cfg, autocast) -> dict[str, float]:
     """Seconds of each bare phase on this batch: what the step cannot avoid doing."""
     import torch
 
-    from rlhf.train.ppo import autocast_context
+    from rlhf.models.cpu import autocast_context
 
     p = cfg.ppo
     ref, policy, value = actors.ref, actors.lm, actors.value.rm
@@ -260,7 +260,9 @@ def child_ours(args) -> None:
     from common import synthetic_prompts  # the harness's prompts
 
     from rlhf.config import Config
-    from rlhf.train import ppo as P
+    from rlhf.models.cpu import autocast_dtype
+    from rlhf.models.value import response_logprobs
+    from rlhf.train.ppo import ppo
 
     autocast = "bf16" if args.precision == "bf16" else None
     d = Path(args.run_dir)
@@ -280,9 +282,9 @@ def child_ours(args) -> None:
         elif event == "rollout":
             state["ep"] = s["episodes"]
             if autocast and s["iteration"] == 0:
-                ep, a = s["episodes"], s["actors"]
+                ep, a = s["episodes"], s["models"]
                 with torch.no_grad():
-                    lp32 = P.response_logprobs(a.lm, ep.query, ep.query_mask, ep.response,
+                    lp32 = response_logprobs(a.lm, ep.query, ep.query_mask, ep.response,
                                                ep.mask, cfg.ppo.temperature,
                                                a.tokenizer.pad_token_id)
                 m = ep.mask.bool()
@@ -304,12 +306,12 @@ def child_ours(args) -> None:
                                              "response/eos_fraction", "policy/entropy",
                                              "policy/first_minibatch_ratio_dev") if k in m}}
             if args.bare_every and args.setting == "ppo" and it % args.bare_every == 0 and it:
-                msg["bare"] = bare_phases(ep, s["actors"], cfg, P._autocast_dtype(autocast))
+                msg["bare"] = bare_phases(ep, s["models"], cfg, autocast_dtype(autocast))
             ch.send(**msg)
             ch.wait()
             state["last"] = time.perf_counter()
 
-    P.ppo(cfg, d / "run", hooks=hooks, reward_fn=_rewards(args.reward), autocast=autocast)
+    ppo(cfg, d / "run", hooks=hooks, reward_fn=_rewards(args.reward), autocast=autocast)
     ch.send(type="done", rss_mb=peak_rss_mb(), parity=state.get("parity"))
 
 

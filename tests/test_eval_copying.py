@@ -133,7 +133,7 @@ def test_copy_formation_benchmark_tracks_the_probe_through_pretraining(tmp_path)
 
     from helpers import write_corpus
 
-    path = Path(__file__).parents[1] / "benchmarks" / "copy_formation.py"
+    path = Path(__file__).parents[1] / "experiments" / "copy_formation.py"
     spec = importlib.util.spec_from_file_location("copy_formation", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -164,7 +164,7 @@ def test_induction_formation_benchmark_trains_on_copy_blocks_and_reports(tmp_pat
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "benchmarks" / "induction_formation.py"
+    path = Path(__file__).parents[1] / "experiments" / "induction_formation.py"
     spec = importlib.util.spec_from_file_location("induction_formation", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -241,7 +241,7 @@ def test_checkpoint_curve_kl_zero_at_reference(tiny_dir, tmp_path):
 def test_cli(tiny_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from rlhf.commands.eval import app
+    from rlhf.cli.eval import app
 
     runner = CliRunner()
     items = [{"question": "Who sat?", "mc1_targets": {"the cat": 1, "the dog": 0},

@@ -16,7 +16,7 @@ from rlhf.config import load_config
 from rlhf.data.sft import IGNORE, Demonstration, collate, encode_demonstration, load_demonstrations
 from rlhf.errors import UserError
 from rlhf.models import load_model, load_tokenizer
-from rlhf.train.lm_loop import token_nll_sum
+from rlhf.models.lm import token_nll_sum
 
 
 @pytest.fixture(scope="module")

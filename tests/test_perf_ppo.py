@@ -17,9 +17,28 @@ import torch
 from helpers import WORDS, tiny_lm
 
 from rlhf.config import Config
-from rlhf.generation import _sample_inverse_cdf, generate, policy_logits
+from rlhf.models.generation import _sample_inverse_cdf, generate
+from rlhf import rl
+from rlhf.rl import policy_logits
 from rlhf.models import load_model, load_tokenizer
-from rlhf.train import ppo as P
+from rlhf.data.prompts import load_prompts
+from rlhf.models import cpu as cpu_module
+from rlhf.models.cpu import autocast_context
+from rlhf.models.cpu import autocast_dtype
+from rlhf.models.cpu import cpu_threads_hint
+from rlhf.models.cpu import fuse_activations
+from rlhf.models.cpu import tune_cpu_allocator
+from rlhf.models.fused_head import fused_head_logprobs
+from rlhf.models.value import PolicyWithValueHead
+from rlhf.models.value import fused_parts
+from rlhf.models.value import response_logprobs
+from rlhf.models.value import score_response
+from rlhf.train.ppo import ppo
+from rlhf.train.ppo.checks import BF16_RATIO_TOL
+from rlhf.train.ppo.models import build_models
+from rlhf.train.ppo.rollout import encode_prompts
+from rlhf.train.ppo.rollout import reward_fn_kwargs
+from rlhf.train.ppo.rollout import rollout
 
 #: bf16 autocast against fp32, per response token: |Δ log π| (max over tokens, and mean).
 BF16_MAX_ABS = 0.05
@@ -52,10 +71,10 @@ def word_count(prompts, responses):
 
 def _rollout(setup, autocast=None, **over):
     p = _cfg(setup, **over).ppo
-    actors = P.build_actors(p, autocast=autocast)
-    prompts = P.load_prompts(p.prompts_file)[:8]
-    texts, ids, _ = P.encode_prompts(actors.tokenizer, prompts, p.prompt_template, 24)
-    return p, actors, P.rollout(actors, p, texts, ids, torch.Generator().manual_seed(0))
+    actors = build_models(p, autocast=autocast)
+    prompts = load_prompts(p.prompts_file)[:8]
+    texts, ids, _ = encode_prompts(actors.tokenizer, prompts, p.prompt_template, 24)
+    return p, actors, rollout(actors, p, texts, ids, torch.Generator().manual_seed(0))
 
 
 # ------------------------------------------------------------------ fused head
@@ -70,7 +89,7 @@ def test_fused_head_matches_logits_then_log_softmax(temperature):
     y = torch.randint(0, v, (n,), generator=g)
     y[y == pad] = pad + 1
     up = torch.randn(n, generator=g)
-    lp, ent = P.fused_head_logprobs(h, w, y, temperature, pad, want_entropy=True)
+    lp, ent = fused_head_logprobs(h, w, y, temperature, pad, want_entropy=True)
     (lp * up).sum().backward()
     gh, gw = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
@@ -78,19 +97,20 @@ def test_fused_head_matches_logits_then_log_softmax(temperature):
     ref = torch.log_softmax(z, -1).gather(-1, y[:, None]).squeeze(-1)
     (ref * up).sum().backward()
     assert torch.allclose(lp, ref, atol=1e-5)
-    assert torch.allclose(ent, P.entropy(z.detach()), atol=1e-5)
+    assert torch.allclose(lp, rl.logprobs_from_logits(z.detach(), y), atol=1e-5)
+    assert torch.allclose(ent, rl.entropy_from_logits(z.detach()), atol=1e-5)
     assert torch.allclose(gh, h.grad, atol=1e-5)
     assert torch.allclose(gw, w.grad, atol=1e-5)
     assert float(gw[pad].abs().max()) == 0.0        # PAD is out of the softmax: no gradient
     with torch.no_grad():                           # the no-graph path: same numbers
-        lp2, ent2 = P.fused_head_logprobs(h, w, y, temperature, pad)
+        lp2, ent2 = fused_head_logprobs(h, w, y, temperature, pad)
     assert ent2 is None and torch.equal(lp2, lp.detach())
 
 
 def test_fused_head_refuses_a_second_backward():
     h = torch.randn(4, 8, requires_grad=True)
     w = torch.randn(11, 8, requires_grad=True)
-    lp, _ = P.fused_head_logprobs(h, w, torch.tensor([1, 2, 3, 4]))
+    lp, _ = fused_head_logprobs(h, w, torch.tensor([1, 2, 3, 4]))
     lp.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward twice"):
         lp.sum().backward()
@@ -101,13 +121,13 @@ def test_score_response_fused_equals_plain_forward(setup):
     and gradients on a real model, and the shared head's values."""
     _, actors, ep = _rollout(setup)
     model, pad = actors.policy, actors.tokenizer.pad_token_id
-    assert P._fused_parts(model) is not None
+    assert fused_parts(model) is not None
     args = (ep.query, ep.query_mask, ep.response, ep.mask, 0.9, pad)
-    lp, ent, _ = P.score_response(model, *args, want_entropy=True)
+    lp, ent, _ = score_response(model, *args, want_entropy=True)
     (lp * ep.mask).sum().backward()
     g1 = {n: q.grad.clone() for n, q in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    lp0, ent0, _ = P.score_response(model, *args, want_entropy=True, fused=False)
+    lp0, ent0, _ = score_response(model, *args, want_entropy=True, fused=False)
     (lp0 * ep.mask).sum().backward()
     m = ep.mask.bool()
     assert (lp - lp0)[m].abs().max() <= 1e-5
@@ -116,11 +136,11 @@ def test_score_response_fused_equals_plain_forward(setup):
         assert torch.allclose(g1[n], q.grad, atol=1e-5), n
     model.zero_grad(set_to_none=True)
     # shared value head: fused and plain paths read the same hidden state
-    shared = P.PolicyWithValueHead(model)
+    shared = PolicyWithValueHead(model)
     torch.nn.init.normal_(shared.v_head.weight)
     with torch.no_grad():
-        _, _, v1 = P.score_response(shared, *args)
-        _, _, v0 = P.score_response(shared, *args, fused=False)
+        _, _, v1 = score_response(shared, *args)
+        _, _, v0 = score_response(shared, *args, fused=False)
     assert torch.allclose(v1, v0, atol=1e-5)
 
 
@@ -135,7 +155,7 @@ def test_shared_values_come_from_the_sampler(setup):
                       max_new_tokens=8, generator=torch.Generator().manual_seed(0),
                       sampler="inverse_cdf", return_hidden=True)
         from_sampler = actors.policy.v_head(ro.hidden).squeeze(-1)
-        _, _, from_forward = P.score_response(actors.policy, ro.query, ro.query_mask,
+        _, _, from_forward = score_response(actors.policy, ro.query, ro.query_mask,
                                               ro.response, ro.response_mask, 1.0,
                                               actors.tokenizer.pad_token_id)
     m = ro.response_mask.bool()
@@ -199,7 +219,7 @@ def test_fused_gelu_is_the_same_function(setup):
     ids = torch.randint(0, 300, (2, 12))
     with torch.no_grad():
         before = model(ids).logits
-        n = P.fuse_activations(model)
+        n = fuse_activations(model)
         after = model(ids).logits
     assert n == 2                                   # one per block
     assert model.config.activation_function == "gelu_new"   # the saved config is unchanged
@@ -217,7 +237,7 @@ def test_reward_callable_gets_token_ids(setup, tmp_path):
 
     cfg = _cfg(setup, iterations=1, reward_fn=None)
     rows = {}
-    P.ppo(cfg, tmp_path / "run", reward_fn=by_ids,
+    ppo(cfg, tmp_path / "run", reward_fn=by_ids,
           hooks=lambda e, s: rows.setdefault("ep", s.get("episodes")) if e == "rollout" else None)
     ep, tok = rows["ep"], load_tokenizer(setup["model"])
     _, _, r_ids, p_ids = seen[0]
@@ -228,8 +248,8 @@ def test_reward_callable_gets_token_ids(setup, tmp_path):
     for i, ids in enumerate(p_ids):
         assert ids == ep.query[i][ep.query_mask[i].bool()].tolist()
     assert ep.raw_scores.tolist() == [float(n) for n in lens]
-    assert P._reward_fn_kwargs(word_count) == frozenset()
-    assert P._reward_fn_kwargs(lambda p, r, **kw: 0) == {"prompt_ids", "response_ids"}
+    assert reward_fn_kwargs(word_count) == frozenset()
+    assert reward_fn_kwargs(lambda p, r, **kw: 0) == {"prompt_ids", "response_ids"}
 
 
 # ------------------------------------------------------------------ bf16 autocast
@@ -241,10 +261,10 @@ def test_bf16_logprob_parity(setup):
     p, actors, ep = _rollout(setup, autocast="bf16")
     assert actors.autocast is torch.bfloat16
     with torch.no_grad():
-        lp32 = P.response_logprobs(actors.lm, ep.query, ep.query_mask, ep.response, ep.mask,
+        lp32 = response_logprobs(actors.lm, ep.query, ep.query_mask, ep.response, ep.mask,
                                    p.temperature, actors.tokenizer.pad_token_id)
-        with P.autocast_context(torch.bfloat16, torch.device("cpu")):
-            lp16 = P.response_logprobs(actors.ref, ep.query, ep.query_mask, ep.response,
+        with autocast_context(torch.bfloat16, torch.device("cpu")):
+            lp16 = response_logprobs(actors.ref, ep.query, ep.query_mask, ep.response,
                                        ep.mask, p.temperature, actors.tokenizer.pad_token_id)
     m = ep.mask.bool()
     for name, lp in (("sampler", ep.logprobs), ("training forward", lp16)):
@@ -258,29 +278,47 @@ def test_bf16_ppo_runs_with_its_invariants(setup, tmp_path):
     """A bf16-autocast run: KL-at-0 and first-minibatch ratio checks pass at the bf16
     tolerances, losses finite, the ratio deviation reported (and nonzero: bf16 really ran)."""
     rows = []
-    P.ppo(_cfg(setup, iterations=2), tmp_path / "run", autocast="bf16",
+    ppo(_cfg(setup, iterations=2), tmp_path / "run", autocast="bf16",
           hooks=lambda e, s: rows.append(s["metrics"]) if e == "iteration" else None)
     for m in rows:
-        assert 0 < m["policy/first_minibatch_ratio_dev"] <= P.BF16_RATIO_TOL
+        assert 0 < m["policy/first_minibatch_ratio_dev"] <= BF16_RATIO_TOL
         assert math.isfinite(m["policy/loss"]) and math.isfinite(m["value/loss"])
     with pytest.raises(Exception, match="autocast"):
-        P._autocast_dtype("fp8")
+        autocast_dtype("fp8")
 
 
 def test_cpu_threads_hint(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr(P.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert "OMP_WAIT_POLICY=PASSIVE" in P.cpu_threads_hint(load=1.5)
-    assert P.cpu_threads_hint(load=0.1) is None            # a quiet machine
+    monkeypatch.setattr(cpu_module.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert "OMP_WAIT_POLICY=PASSIVE" in cpu_threads_hint(load=1.5)
+    assert cpu_threads_hint(load=0.1) is None            # a quiet machine
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
-    assert P.cpu_threads_hint(load=3.0) is None
+    assert cpu_threads_hint(load=3.0) is None
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     monkeypatch.delenv("OMP_WAIT_POLICY")
-    assert P.cpu_threads_hint(load=3.0) is None            # one thread: nothing to spin
+    assert cpu_threads_hint(load=3.0) is None            # one thread: nothing to spin
 
 
 def test_allocator_tuning_is_harmless():
-    assert P.tune_cpu_allocator() in (True, False)
+    assert tune_cpu_allocator() in (True, False)
     x = torch.randn(1000, 1000)
     assert torch.isfinite(x @ x).all()
+
+
+def test_token_logprobs_is_the_rl_formula():
+    """The training forward's fused log-softmax + NLL (`models.value.token_logprobs`) is
+    `rl.logprobs_from_logits` of the same policy logits (PAD removed, ÷T): values, gradients."""
+    from rlhf.models.value import token_logprobs
+
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 7, 50, generator=g)
+    ids = torch.randint(1, 50, (3, 7), generator=g)
+    for temperature in (1.0, 0.7):
+        a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        fast = token_logprobs(policy_logits(a, temperature, 0), ids)
+        ref = rl.logprobs_from_logits(policy_logits(b, temperature, 0), ids)
+        assert torch.allclose(fast, ref, atol=1e-6)
+        fast.sum().backward()
+        ref.sum().backward()
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)

@@ -141,7 +141,7 @@ def test_config_differences_name_dotted_keys():
 
 def test_oracle_ppo_benchmark_trains_against_the_gold_judge_and_the_rm(quick_run, tmp_path):
     import importlib.util
-    path = ROOT / "benchmarks" / "oracle_ppo.py"
+    path = ROOT / "experiments" / "oracle_ppo.py"
     spec = importlib.util.spec_from_file_location("oracle_ppo", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -165,7 +165,7 @@ def test_oracle_ppo_benchmark_trains_against_the_gold_judge_and_the_rm(quick_run
 
 def test_rm_oracle_benchmark_trains_on_labeler_and_gold_rankings(quick_run, tmp_path):
     import importlib.util
-    path = ROOT / "benchmarks" / "rm_oracle.py"
+    path = ROOT / "experiments" / "rm_oracle.py"
     spec = importlib.util.spec_from_file_location("rm_oracle", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -23,7 +23,18 @@ from rlhf.config import Config
 from rlhf.errors import UserError
 from rlhf.models import load_model, load_tokenizer, position_ids_from_mask
 from rlhf.runs import read_metrics
-from rlhf.train import ppo as P
+from rlhf.data.prompts import load_prompts
+from rlhf.models.value import response_logprobs
+from rlhf.train.ppo import PPOPlan
+from rlhf.train.ppo import ppo
+from rlhf.train.ppo.checks import InvariantError
+from rlhf.train.ppo.checks import NonFiniteError
+from rlhf.train.ppo.models import build_models
+from rlhf.train.ppo.models import load_reward_fn
+from rlhf.train.ppo.rollout import Episodes
+from rlhf.train.ppo.rollout import encode_prompts
+from rlhf.train.ppo.rollout import rollout
+from rlhf.train.ppo.update import Learner
 
 TARGET = "cat"
 
@@ -94,17 +105,32 @@ def _strip(row: dict) -> dict:
     return {k: v for k, v in row.items() if not k.startswith(("time/", "perf/"))}
 
 
+def fill_advantages(ep, p, beta):
+    """What the recipe's loop does between the rollout and the update (one process): per-token
+    rewards (Eq. 2), GAE, whitening. `test_recipe_advantages_are_these` ties the two together.
+    Fills `ep.advantages` and `ep.returns`; returns the per-token rewards."""
+    with torch.no_grad():
+        rewards, _, _ = rl.compute_rewards(ep.scores, ep.logprobs, ep.ref_logprobs, ep.mask, beta,
+                                           clamp_kl=p.clamp_kl, estimator=p.kl_estimator)
+        if p.whiten_rewards:
+            rewards = rl.whiten(rewards, ep.mask, shift_mean=False)
+        ep.advantages, ep.returns = rl.gae(rewards, ep.values, ep.mask, p.gamma, p.gae_lambda)
+        if p.whiten_advantages:
+            ep.advantages = rl.whiten(ep.advantages, ep.mask)
+    return rewards
+
+
 def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _rollout(world, temperature=1.0, n=8, max_new_tokens=6, **over):
     p = make_cfg(world, temperature=temperature, max_new_tokens=max_new_tokens, **over).ppo
-    actors = P.build_actors(p)
-    prompts = P.load_prompts(p.prompts_file)[:n]
-    texts, ids, _ = P.encode_prompts(actors.tokenizer, prompts, p.prompt_template, 24)
+    actors = build_models(p)
+    prompts = load_prompts(p.prompts_file)[:n]
+    texts, ids, _ = encode_prompts(actors.tokenizer, prompts, p.prompt_template, 24)
     gen = torch.Generator().manual_seed(0)
-    return p, actors, P.rollout(actors, p, texts, ids, gen)
+    return p, actors, rollout(actors, p, texts, ids, gen)
 
 
 # ------------------------------------------------------------------------- log-prob parity
@@ -115,7 +141,7 @@ def test_rollout_logprobs_equal_training_logprobs(world, temperature):
     at T = 0.7 both are log_softmax(logits / 0.7) at the sampled ids (PAD excluded)."""
     p, actors, ep = _rollout(world, temperature)
     tok, model = actors.tokenizer, actors.policy
-    train_lp = P.response_logprobs(model, ep.query, ep.query_mask, ep.response, ep.mask,
+    train_lp = response_logprobs(model, ep.query, ep.query_mask, ep.response, ep.mask,
                                    temperature=temperature, pad_id=tok.pad_token_id)
     m = ep.mask.bool()
     assert m.sum() > 20
@@ -135,9 +161,9 @@ def test_rollout_logprobs_equal_training_logprobs(world, temperature):
         at_one = torch.log_softmax(z, -1).gather(-1, ep.response[..., None]).squeeze(-1)
         assert (at_one - train_lp)[m].abs().max() > 1e-2   # the temperature really matters
     # ...and the trainer's own first-minibatch check saw ratio = 1
-    trainer = P.Trainer(actors, p, P.PPOPlan.from_config(p), seed=0)
-    P.compute_advantages(ep, p, 0.02)
-    trainer.train(ep, 0)
+    trainer = Learner(actors, p, PPOPlan.from_config(p), seed=0)
+    fill_advantages(ep, p, 0.02)
+    trainer.update(ep, 0)
     assert trainer.first_ratio_dev <= 1e-5
 
 
@@ -150,7 +176,7 @@ def test_kl_is_zero_at_iteration_0_and_logged(world, tmp_path):
             ep = state["episodes"]
             seen["d"] = (ep.logprobs - ep.ref_logprobs)[ep.mask.bool()]
 
-    P.ppo(make_cfg(world, iterations=1), tmp_path / "run", hooks=hooks)
+    ppo(make_cfg(world, iterations=1), tmp_path / "run", hooks=hooks)
     assert seen["d"].abs().max() <= 1e-5
     row = read_metrics(tmp_path / "run")[0]
     assert row["step"] == 0
@@ -173,7 +199,7 @@ def _loss_and_grads(trainer, ep):
     st = trainer.micro_losses(ep.select(torch.arange(len(ep))), n_tok, check_ratio=False,
                               want_entropy=True, where="test")
     grads = {n: q.grad.clone() for n, q in
-             list(trainer.a.policy.named_parameters()) + list(trainer.a.value.named_parameters())
+             list(trainer.models.policy.named_parameters()) + list(trainer.models.value.named_parameters())
              if q.grad is not None}
     return st, grads
 
@@ -184,8 +210,8 @@ def test_tokens_after_eos_change_neither_loss_nor_gradients(world):
     eos, pad = actors.tokenizer.eos_token_id, actors.tokenizer.pad_token_id
     lengths = ep.mask.sum(1)
     assert bool(ep.has_eos.any()) and int(lengths.min()) < ep.response.size(1)
-    P.compute_advantages(ep, p, 0.02)
-    trainer = P.Trainer(actors, p, P.PPOPlan.from_config(p), seed=0)
+    fill_advantages(ep, p, 0.02)
+    trainer = Learner(actors, p, PPOPlan.from_config(p), seed=0)
     st1, g1 = _loss_and_grads(trainer, ep)
 
     # rewrite every post-EOS position: random tokens, garbage (even nan/inf) per-token data
@@ -193,7 +219,7 @@ def test_tokens_after_eos_change_neither_loss_nor_gradients(world):
     g = torch.Generator().manual_seed(3)
     junk = torch.randint(0, len(actors.tokenizer) - 2, ep.response.shape, generator=g)
     junk = torch.where(junk == eos, junk + 1, junk)
-    ep2 = P.Episodes(**{f: getattr(ep, f) for f in ep.__dataclass_fields__})
+    ep2 = Episodes(**{f: getattr(ep, f) for f in ep.__dataclass_fields__})
     ep2.response = torch.where(after, junk, ep.response)
     assert not torch.equal(ep2.response, ep.response)
     assert torch.equal(rl.response_mask_from_eos(ep2.response, eos).long(), ep.mask)
@@ -207,10 +233,10 @@ def test_tokens_after_eos_change_neither_loss_nor_gradients(world):
     for k in g1:
         assert torch.equal(g1[k], g2[k]), k
     # and the rewards/advantages built from the garbage rollout are the same where valid
-    ep3 = P.Episodes(**{f: getattr(ep2, f) for f in ep.__dataclass_fields__})
+    ep3 = Episodes(**{f: getattr(ep2, f) for f in ep.__dataclass_fields__})
     ep3.logprobs = ep.logprobs.masked_fill(after, 7.0)
     ep3.ref_logprobs = ep.ref_logprobs.masked_fill(after, -7.0)
-    P.compute_advantages(ep3, p, 0.02)
+    fill_advantages(ep3, p, 0.02)
     assert torch.equal(ep3.advantages, ep.advantages) and torch.equal(ep3.returns, ep.returns)
 
 
@@ -235,11 +261,10 @@ def test_advantages_on_a_real_rollout(world):
     assert float(ep.values.abs().max()) == 0.0
     with torch.no_grad():   # move the policy off the reference so the KL term is not zero
         actors.policy.transformer.wte.weight.mul_(1.1)
-        lp = P.response_logprobs(actors.policy, ep.query, ep.query_mask, ep.response, ep.mask,
+        lp = response_logprobs(actors.policy, ep.query, ep.query_mask, ep.response, ep.mask,
                                  pad_id=actors.tokenizer.pad_token_id)
         ep.logprobs = torch.where(m, lp, torch.zeros_like(lp))   # PAD after EOS: log π = −inf
-    P.compute_advantages(ep, p, 0.1)
-    r = ep.rewards
+    r = fill_advantages(ep, p, 0.1)
     assert float(r[m].abs().sum()) > 0
     togo = torch.flip(torch.cumsum(torch.flip(r * m, [1]), 1), [1]) * m
     assert torch.allclose(ep.advantages, togo, atol=1e-6)
@@ -249,10 +274,33 @@ def test_advantages_on_a_real_rollout(world):
     rows, last = torch.arange(len(ep)), rl.last_valid_index(m)
     assert torch.allclose(r[rows, last], ep.scores - 0.1 * kl[rows, last], atol=1e-7)
     p2 = p.model_copy(update={"whiten_advantages": True})
-    P.compute_advantages(ep, p2, 0.1)
+    fill_advantages(ep, p2, 0.1)
     a = ep.advantages[m].double()
     assert abs(float(a.mean())) < 1e-6 and abs(float(a.var(unbiased=False)) - 1) < 1e-5
     assert float(ep.advantages[~m].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("whiten_rewards", [False, True])
+def test_recipe_advantages_are_these(world, tmp_path, whiten_rewards):
+    """The recipe's advantages and returns are exactly `fill_advantages` of its rollout (so
+    the tests above, which call that, test what a run does)."""
+    seen = {}
+
+    def hooks(event, state):
+        if event == "rollout":
+            ep = state["episodes"]
+            seen["ep"] = Episodes(**{f: getattr(ep, f) for f in ep.__dataclass_fields__})
+        if event == "advantages":
+            ep = state["episodes"]
+            seen["adv"], seen["ret"] = ep.advantages.clone(), ep.returns.clone()
+            seen["rewards"], seen["beta"] = state["rewards"].clone(), state["beta"]
+
+    cfg = make_cfg(world, iterations=1, whiten_rewards=whiten_rewards)
+    ppo(cfg, tmp_path / "run", hooks=hooks)
+    rewards = fill_advantages(seen["ep"], cfg.ppo, seen["beta"])
+    assert torch.equal(rewards, seen["rewards"])
+    assert torch.equal(seen["ep"].advantages, seen["adv"])
+    assert torch.equal(seen["ep"].returns, seen["ret"])
 
 
 # ------------------------------------------------------------------------- value and reference
@@ -280,7 +328,7 @@ def test_reference_is_frozen_and_unchanged_by_updates(world, tmp_path):
     got = {}
 
     def hooks(event, state):
-        a = state["actors"]
+        a = state["models"]
         if event == "setup":
             got["ref0"] = {k: v.clone() for k, v in a.ref.state_dict().items()}
         if event == "iteration":
@@ -288,7 +336,7 @@ def test_reference_is_frozen_and_unchanged_by_updates(world, tmp_path):
             got["grad"] = [q.requires_grad for q in a.ref.parameters()]
             got["training"] = a.ref.training
 
-    P.ppo(make_cfg(world, iterations=3), tmp_path / "run", hooks=hooks)
+    ppo(make_cfg(world, iterations=3), tmp_path / "run", hooks=hooks)
     init = weights(world["sft"])
     assert same(got["ref0"], got["ref1"])
     assert all(torch.equal(got["ref1"][k], init[k]) for k in init)
@@ -298,7 +346,7 @@ def test_reference_is_frozen_and_unchanged_by_updates(world, tmp_path):
 
 def test_shared_value_head_starts_at_zero_and_trains(world, tmp_path):
     """Option: shared trunk + zero-initialised value head ([LMHP]); loss = PPO + vf_coef·VF."""
-    s = P.ppo(make_cfg(world, value_model="shared", iterations=2), tmp_path / "run")
+    s = ppo(make_cfg(world, value_model="shared", iterations=2), tmp_path / "run")
     rows = read_metrics(tmp_path / "run")
     assert rows[0]["value/mean"] == 0.0
     assert rows[-1]["value/mean"] != 0.0
@@ -316,14 +364,14 @@ def test_critic_warmup_trains_only_the_value_model(world, tmp_path):
 
     def hooks(event, state):
         if event == "iteration":
-            a, tr = state["actors"], state["trainer"]
+            a, tr = state["models"], state["learner"]
             lm = a.lm.state_dict()
             seen.append((all(torch.equal(lm[k], v) for k, v in sft.items()),
                          {k: v.detach().clone() for k, v in a.value.state_dict().items()},
                          tr.value_opt.param_groups[0]["lr"], tr.ema.num_updates))
 
     sft = weights(world["sft"])
-    P.ppo(make_cfg(world, iterations=3, critic_warmup_iterations=2, warmup_iterations=2,
+    ppo(make_cfg(world, iterations=3, critic_warmup_iterations=2, warmup_iterations=2,
                    ptx_files=[str(world["text"])], gamma_ptx=1.0, ptx_ratio=1,
                    ptx_block_size=16), tmp_path / "run", hooks=hooks)
     assert [s[0] for s in seen] == [True, True, False]            # the policy is frozen ...
@@ -342,10 +390,10 @@ def test_critic_warmup_trains_only_the_value_model(world, tmp_path):
 def test_gamma_ptx_zero_is_bit_identical_to_plain_ppo(world, tmp_path):
     """Pitfall 8.12: γ_ptx = 0 (with ptx data configured) = plain PPO bit for bit; γ_ptx > 0
     changes the update, and the PPO and ptx gradient norms are logged separately."""
-    P.ppo(make_cfg(world), tmp_path / "plain")
-    P.ppo(make_cfg(world, gamma_ptx=0.0, ptx_files=[str(world["text"])], ptx_ratio=2,
+    ppo(make_cfg(world), tmp_path / "plain")
+    ppo(make_cfg(world, gamma_ptx=0.0, ptx_files=[str(world["text"])], ptx_ratio=2,
                    ptx_block_size=16), tmp_path / "zero")
-    P.ppo(make_cfg(world, gamma_ptx=1.0, ptx_files=[str(world["text"])], ptx_ratio=2,
+    ppo(make_cfg(world, gamma_ptx=1.0, ptx_files=[str(world["text"])], ptx_ratio=2,
                    ptx_block_size=16), tmp_path / "ptx")
     assert same(weights(tmp_path / "plain/final"), weights(tmp_path / "zero/final"))
     assert same(weights(tmp_path / "plain/final_ema"), weights(tmp_path / "zero/final_ema"))
@@ -360,7 +408,7 @@ def test_gamma_ptx_zero_is_bit_identical_to_plain_ppo(world, tmp_path):
 @pytest.mark.parametrize("decay", [0.0, 1.0])
 def test_ema_endpoints(world, tmp_path, decay):
     """EMA θ̄ ← dθ̄ + (1−d)θ per optimizer step: d = 0 tracks the policy, d = 1 stays at init."""
-    P.ppo(make_cfg(world, ema_decay=decay), tmp_path / "run")
+    ppo(make_cfg(world, ema_decay=decay), tmp_path / "run")
     final, ema = weights(tmp_path / "run/final"), weights(tmp_path / "run/final_ema")
     if decay == 0.0:
         assert same(final, ema)
@@ -375,17 +423,17 @@ def test_ema_is_the_average_of_the_trajectory(world, tmp_path):
 
     def hooks(event, state):
         if event == "setup":
-            tr = state["trainer"]
+            tr = state["learner"]
             orig = tr.opt.step
 
             def step(*a, **k):
                 out = orig(*a, **k)
-                traj.append(tr.a.lm.transformer.wte.weight.detach().clone())
+                traj.append(tr.models.lm.transformer.wte.weight.detach().clone())
                 return out
             tr.opt.step = step
-            traj.append(tr.a.lm.transformer.wte.weight.detach().clone())
+            traj.append(tr.models.lm.transformer.wte.weight.detach().clone())
 
-    P.ppo(make_cfg(world, ema_decay=0.5), tmp_path / "run", hooks=hooks)
+    ppo(make_cfg(world, ema_decay=0.5), tmp_path / "run", hooks=hooks)
     ema = traj[0]
     for th in traj[1:]:
         ema = 0.5 * ema + 0.5 * th
@@ -396,11 +444,11 @@ def test_ema_is_the_average_of_the_trajectory(world, tmp_path):
 def test_resume_continues_the_same_trajectory(world, tmp_path):
     """Exact resume: 3 iterations straight = 2, halt, resume for 1 (weights, EMA, value, β)."""
     cfg = make_cfg(world, iterations=3, adaptive_kl=True, kl_target=0.5, kl_horizon=100)
-    P.ppo(cfg, tmp_path / "straight")
-    s = P.ppo(cfg, tmp_path / "split", halt_after=2)
+    ppo(cfg, tmp_path / "straight")
+    s = ppo(cfg, tmp_path / "split", halt_after=2)
     assert s["halted"] and (tmp_path / "split/checkpoints/latest").read_text() == "iter-000002"
     assert not (tmp_path / "split/final").exists()
-    P.ppo(cfg, tmp_path / "split", resume=True)
+    ppo(cfg, tmp_path / "split", resume=True)
     for sub in ("final", "final_ema", "value"):
         assert same(weights(tmp_path / "straight" / sub), weights(tmp_path / "split" / sub)), sub
     a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split")
@@ -413,7 +461,7 @@ def test_resume_continues_the_same_trajectory(world, tmp_path):
                                               ("linear", [1.0, 0.75, 0.5, 0.25])])
 def test_lr_schedules(world, tmp_path, schedule, expect):
     """[IGPT]: constant with a warmup from 0.1× (here over 2 iterations); [LMHP]: linear decay."""
-    P.ppo(make_cfg(world, iterations=4, lr_schedule=schedule, warmup_iterations=2, lr=1e-3,
+    ppo(make_cfg(world, iterations=4, lr_schedule=schedule, warmup_iterations=2, lr=1e-3,
                    episodes_per_iteration=4, minibatch_size=4), tmp_path / "run")
     got = [r["lr"] for r in read_metrics(tmp_path / "run")]
     assert got == pytest.approx([1e-3 * f for f in expect])
@@ -426,9 +474,9 @@ def test_paper_and_peer_options_run_finite(world, tmp_path):
 
     def hooks(event, state):
         if event == "setup":
-            got["opt"] = type(state["trainer"].opt).__name__
+            got["opt"] = type(state["learner"].opt).__name__
 
-    P.ppo(make_cfg(world, adam_style="tf", lr_schedule="linear", whiten_rewards=True,
+    ppo(make_cfg(world, adam_style="tf", lr_schedule="linear", whiten_rewards=True,
                    clamp_kl=True, grad_clip=0.5, ppo_epochs=2, adaptive_kl=True, gae_lambda=1.0),
           tmp_path / "run", hooks=hooks)
     assert got["opt"] == "TFAdam"
@@ -438,8 +486,8 @@ def test_paper_and_peer_options_run_finite(world, tmp_path):
 
 def test_micro_batches_accumulate_to_the_same_update(world, tmp_path):
     """The minibatch gradient is a token-weighted mean however it is split into micro-batches."""
-    P.ppo(make_cfg(world, micro_batch_size=4, iterations=1), tmp_path / "a")
-    P.ppo(make_cfg(world, micro_batch_size=1, iterations=1), tmp_path / "b")
+    ppo(make_cfg(world, micro_batch_size=4, iterations=1), tmp_path / "a")
+    ppo(make_cfg(world, micro_batch_size=1, iterations=1), tmp_path / "b")
     a, b = weights(tmp_path / "a/final"), weights(tmp_path / "b/final")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=2e-6, rtol=1e-5), k
@@ -454,10 +502,10 @@ def test_reward_callable_by_import_path(world, tmp_path, monkeypatch):
                    "    return [float(len(r.split())) for r in responses]\n"
                    "NOT_CALLABLE = 3\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    fn = P.load_reward_fn("judge_mod:score")
+    fn = load_reward_fn("judge_mod:score")
     assert fn(["Say x"], ["a b"]) == [2.0]
-    assert P.load_reward_fn(f"{mod}:score")(["Say y"], ["a"]) == [1.0]
-    s = P.ppo(make_cfg(world, reward_model=None, reward_fn="judge_mod:score", iterations=1,
+    assert load_reward_fn(f"{mod}:score")(["Say y"], ["a"]) == [1.0]
+    s = ppo(make_cfg(world, reward_model=None, reward_fn="judge_mod:score", iterations=1,
                        no_eos_penalty=None), tmp_path / "run")
     row = read_metrics(tmp_path / "run")[0]
     assert row["objective/score"] == pytest.approx(row["response/length"], abs=3)
@@ -468,7 +516,7 @@ def test_reward_callable_by_import_path(world, tmp_path, monkeypatch):
                                                            "not callable"),
                       (f"{tmp_path}/missing.py:f", "not found")):
         with pytest.raises(UserError, match=msg) as e:
-            P.load_reward_fn(spec)
+            load_reward_fn(spec)
         assert "ppo.reward_fn" in str(e.value)
 
 
@@ -476,19 +524,19 @@ def test_nan_score_stops_with_a_diagnosis(world, tmp_path):
     def bad(prompts, responses):
         return [math.nan if i == 3 else 0.0 for i in range(len(prompts))]
 
-    with pytest.raises(P.NonFiniteError, match=r"non-finite score .*1 of 8 .*prompt 'Say"):
-        P.ppo(make_cfg(world, reward_model=None), tmp_path / "run", reward_fn=bad)
+    with pytest.raises(NonFiniteError, match=r"non-finite score .*1 of 8 .*prompt 'Say"):
+        ppo(make_cfg(world, reward_model=None), tmp_path / "run", reward_fn=bad)
 
 
 def test_nan_gradient_stops_and_names_the_parameter(world, tmp_path):
     def hooks(event, state):
         if event == "setup":
-            w = state["actors"].policy.transformer.h[0].mlp.c_fc.weight
+            w = state["models"].policy.transformer.h[0].mlp.c_fc.weight
             w.register_hook(lambda g: torch.full_like(g, math.nan))
 
-    with pytest.raises(P.NonFiniteError, match=r"policy gradient .*transformer\.h\.0\.mlp\.c_fc"
+    with pytest.raises(NonFiniteError, match=r"policy gradient .*transformer\.h\.0\.mlp\.c_fc"
                                                r"\.weight"):
-        P.ppo(make_cfg(world), tmp_path / "run", hooks=hooks)
+        ppo(make_cfg(world), tmp_path / "run", hooks=hooks)
     assert not (tmp_path / "run/final").exists()
 
 
@@ -504,43 +552,43 @@ def test_nan_in_values_or_losses_is_located(world, tmp_path, where, checks, expe
             a.policy.transformer.h[0].ln_1.weight.fill_(math.nan)
 
     def hooks(event, state):
-        a = state["actors"]
+        a = state["models"]
         if where == "value" and event == "setup":
             with torch.no_grad():
                 a.value.rm.head.weight.fill_(math.nan)
         if where == "policy" and event == "rollout":
             poison(a)
         if where == "step" and event == "setup":     # weights turn NaN after the first step
-            opt = state["trainer"].opt
+            opt = state["learner"].opt
             orig = opt.step
             opt.step = lambda *args, **kw: (orig(*args, **kw), poison(a))[0]
 
-    with pytest.raises(P.NonFiniteError, match=expect):
-        P.ppo(make_cfg(world, check_invariants=checks), tmp_path / "run", hooks=hooks)
+    with pytest.raises(NonFiniteError, match=expect):
+        ppo(make_cfg(world, check_invariants=checks), tmp_path / "run", hooks=hooks)
 
 
 def test_ratio_invariant_catches_a_policy_changed_after_rollout(world, tmp_path):
     def hooks(event, state):
         if event == "rollout":
             with torch.no_grad():
-                state["actors"].policy.transformer.wte.weight.mul_(1.5)
+                state["models"].policy.transformer.wte.weight.mul_(1.5)
 
-    with pytest.raises(P.InvariantError, match="ratio - 1.*dropout.*temperature.*padding"):
-        P.ppo(make_cfg(world), tmp_path / "run", hooks=hooks)
+    with pytest.raises(InvariantError, match="ratio - 1.*dropout.*temperature.*padding"):
+        ppo(make_cfg(world), tmp_path / "run", hooks=hooks)
 
 
 def test_inconsistent_plan_is_refused_before_loading_models(tmp_path):
     cfg = Config.model_validate({"ppo": {"policy": str(tmp_path / "nowhere"),
                                          "episodes_per_iteration": 10, "minibatch_size": 4}})
     with pytest.raises(UserError, match=r"episodes_per_iteration \(10\).*minibatch_size \(4\)"):
-        P.ppo(cfg, tmp_path / "run")
+        ppo(cfg, tmp_path / "run")
 
 
 def test_missing_reward_and_bad_tokenizer_are_user_errors(world, tmp_path):
     with pytest.raises(UserError, match="reward_model.*reward_fn"):
-        P.ppo(make_cfg(world, reward_model=None), tmp_path / "run")
+        ppo(make_cfg(world, reward_model=None), tmp_path / "run")
     with pytest.raises(UserError, match="context length"):
-        P.ppo(make_cfg(world, max_prompt_length=100, max_new_tokens=100), tmp_path / "run")
+        ppo(make_cfg(world, max_prompt_length=100, max_new_tokens=100), tmp_path / "run")
 
 
 # ------------------------------------------------------------------------- functional
@@ -551,7 +599,7 @@ def test_reward_rises_with_a_programmatic_judge(world, tmp_path):
     cfg = make_cfg(world, reward_model=None, iterations=30, episodes_per_iteration=16,
                    minibatch_size=8, micro_batch_size=8, rollout_batch_size=16,
                    max_new_tokens=8, no_eos_penalty=None, ema_decay=None)
-    s = P.ppo(cfg, tmp_path / "run", reward_fn=cat_fraction)
+    s = ppo(cfg, tmp_path / "run", reward_fn=cat_fraction)
     rows = read_metrics(tmp_path / "run")
     assert len(rows) == 30
     first = sum(r["objective/score"] for r in rows[:5]) / 5
@@ -565,15 +613,15 @@ def test_reward_rises_with_a_programmatic_judge(world, tmp_path):
 def test_separate_reference_is_loaded_and_used_for_kl(world, tmp_path):
     """Later rounds continue from a PPO policy while the KL reference stays the SFT model."""
     first = tmp_path / "r1"
-    P.ppo(make_cfg(world, iterations=2), first)
+    ppo(make_cfg(world, iterations=2), first)
     got = {}
 
     def hooks(event, state):
         if event == "setup":
-            got["ref"] = {k: v.clone() for k, v in state["actors"].ref.state_dict().items()}
+            got["ref"] = {k: v.clone() for k, v in state["models"].ref.state_dict().items()}
 
     cfg = make_cfg(world, iterations=1, policy=str(first / "final"), reference=str(world["sft"]))
-    P.ppo(cfg, tmp_path / "r2", hooks=hooks)
+    ppo(cfg, tmp_path / "r2", hooks=hooks)
     init = weights(world["sft"])
     assert all(torch.equal(got["ref"][k], init[k]) for k in init)
     kl = [r["objective/kl"] for r in read_metrics(tmp_path / "r2") if "objective/kl" in r]

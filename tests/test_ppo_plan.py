@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from rlhf.config import PPOConfig
 from rlhf.errors import UserError
-from rlhf.train.ppo_plan import PPOPlan
+from rlhf.train.ppo.plan import PPOPlan
 
 
 def test_paper_defaults_plan():

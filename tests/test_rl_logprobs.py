@@ -6,14 +6,11 @@ import pytest
 import torch
 
 from rlhf.rl import (
-    INVALID_LOGPROB,
     entropy_from_logits,
-    fill_invalid,
     has_eos,
     last_valid_index,
     logprobs_from_logits,
     response_mask_from_eos,
-    truncate_after_eos,
 )
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
@@ -108,11 +105,7 @@ def test_response_mask_from_eos():
     assert response_mask_from_eos(same, 2, 2).long().tolist() == [[1, 1, 0, 0]]
 
 
-def test_truncate_after_eos_and_has_eos():
-    out = truncate_after_eos(IDS, EOS, PAD)
-    assert out.tolist() == [[5, 6, 2, 0, 0], [5, 2, 0, 0, 0], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0],
-                            [5, 6, 0, 0, 0]]
-    assert IDS[1].tolist() == [5, 2, 7, 2, 9]  # input untouched
+def test_has_eos():
     assert has_eos(IDS, EOS).tolist() == [True, True, False, True, False]
 
 
@@ -120,10 +113,3 @@ def test_last_valid_index():
     mask = response_mask_from_eos(IDS, EOS, PAD)
     assert last_valid_index(mask).tolist() == [2, 1, 4, 0, 1]
     assert last_valid_index(torch.tensor([[0, 0, 0], [1, 1, 0]])).tolist() == [-1, 1]
-
-
-def test_fill_invalid():
-    lp = torch.tensor([[-0.5, -1.0, -2.0]])
-    out = fill_invalid(lp, torch.tensor([[1, 1, 0]]))
-    assert out.tolist() == [[-0.5, -1.0, INVALID_LOGPROB]]
-    assert INVALID_LOGPROB == 1.0

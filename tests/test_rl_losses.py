@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from rlhf.rl import (
     compute_rewards,
-    fill_invalid,
     gae,
     lm_nll,
     logprobs_from_logits,
@@ -112,7 +111,7 @@ class TinyCausal(torch.nn.Module):
 def ppo_losses(model, ids, temperature=0.7):
     mask = response_mask_from_eos(ids, EOS, PAD)
     logits, values = model(ids)
-    logp = fill_invalid(logprobs_from_logits(logits, ids, temperature), mask)
+    logp = logprobs_from_logits(logits, ids, temperature) * mask   # 0 after EOS, as sampled
     with torch.no_grad():
         old_logp = logp + 0.1 * torch.sin(torch.arange(ids.numel(), dtype=logp.dtype)).view_as(logp)
         ref_logp = logp - 0.05

@@ -8,11 +8,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlhf.rl.ranking import (batched_ranking_loss, grouped_ranking_loss, pair_stats,
-                             pairwise_loss, preference_matrix, ranking_accuracy, ranking_agreement,
+from rlhf.rl.ranking import (batched_ranking_loss, pair_stats, preference_matrix, ranking_agreement,
                              ranking_pairs)
 
 LOG2 = math.log(2.0)
+
+
+def pairwise_loss(r_w, r_l):
+    """Reference: element-wise −log σ(r_w − r_l), written out."""
+    return F.softplus(r_l - r_w)
+
+
+def grouped_ranking_loss(scores, ranking):
+    """Eq. 1 for one prompt through the batched loss the RM trains with (a batch of one)."""
+    return batched_ranking_loss(scores.unsqueeze(0), preference_matrix([ranking], scores.shape[-1]))
+
+
+def ranking_accuracy(scores, pref):
+    st = pair_stats(scores, pref)
+    return float(st["correct"] / st["n_pairs"].clamp(min=1))
 
 
 def test_ranking_pairs_strict_and_ties():

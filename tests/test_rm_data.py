@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.data.adapters import load_hh_rlhf, load_tldr, tldr_query
+from rlhf.data.adapters import tldr_query
 from rlhf.data.rankings import (collate_rankings, encode_pair, encode_rankings,
                                 load_prompt_responses, load_rankings, scores_to_matrix)
 from rlhf.errors import UserError
@@ -119,7 +119,7 @@ def test_tldr_adapter(tmp_path):
         g.write(json.dumps(TLDR) + "\n")
         g.write(json.dumps({**TLDR, "info": {"article": "Some news.", "site": "cnn"},
                             "choice": 0}) + "\n")
-    a, b = load_tldr(f)
+    a, b = load_rankings(f, 2, "tldr", skip_invalid=True)
     assert a.prompt == "SUBREDDIT: r/relationships\nTITLE: A title\nPOST: My post text.\n\nTL;DR:"
     assert a.responses == ["first", "second"] and a.ranking == [[1], [0]] and a.labeler_id == "w9"
     assert b.prompt == tldr_query({"article": "Some news."}) and b.ranking == [[0], [1]]
@@ -132,9 +132,11 @@ def test_tldr_adapter(tmp_path):
 @pytest.mark.skipif(not (SHARED / "hh_rlhf").exists(), reason="shared data not present")
 def test_public_files_load():
     with pytest.warns(UserWarning, match="skipped"):
-        hh = load_hh_rlhf(SHARED / "hh_rlhf" / "harmless-base-test.jsonl.gz")
+        hh = load_rankings(SHARED / "hh_rlhf" / "harmless-base-test.jsonl.gz", 2, "hh_rlhf",
+                           skip_invalid=True)
     assert len(hh) > 2000 and all(e.k == 2 for e in hh)
-    tl = load_tldr(SHARED / "summarize_from_feedback" / "batch18.jsonl.gz")
+    tl = load_rankings(SHARED / "summarize_from_feedback" / "batch18.jsonl.gz", 2, "tldr",
+                       skip_invalid=True)
     assert len(tl) == 674 and all(e.labeler_id for e in tl)
     with pytest.raises(UserError) as e:                       # strict mode names the line
         load_rankings(SHARED / "hh_rlhf" / "harmless-base-test.jsonl.gz")

@@ -13,7 +13,7 @@ import torch
 
 from rlhf.models import load_tokenizer
 from rlhf.models.reward import RewardModel
-from rlhf.train.reward import score_texts
+from rlhf.models.reward import score_texts
 
 from test_rm_model import tiny_rm_dir
 from test_rm_train import make_rankings, write_jsonl

@@ -8,10 +8,10 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from rlhf.config import TinyModelConfig
-from rlhf.data.rankings import pad_sequences
+from rlhf.models.format import pad_sequences
 from rlhf.models import build_tiny_model, train_tokenizer
 from rlhf.models.reward import RewardModel, last_token_index, load_reward_model
-from rlhf.train.reward import normalize_reward, score_texts
+from rlhf.models.reward import normalize_reward, score_texts
 
 WORDS = "gold tree river stone cloud apple house bird green small quick lazy".split()
 

@@ -9,11 +9,13 @@ from transformers import AutoModelForSequenceClassification
 from typer.testing import CliRunner
 
 from rlhf.config import Config
-from rlhf.data.rankings import load_prompt_responses, pad_sequences
+from rlhf.data.rankings import load_prompt_responses
+from rlhf.models.format import pad_sequences
 from rlhf.models import load_tokenizer
 from rlhf.models.reward import RewardModel
 from rlhf.runs import read_metrics
-from rlhf.train.reward import score_texts, train_rm
+from rlhf.models.reward import score_texts
+from rlhf.train.reward import train_rm
 
 from test_rm_model import WORDS, tiny_lm, tiny_rm_dir, tiny_tokenizer
 
@@ -192,7 +194,7 @@ def test_missing_paths_are_user_errors(world, tmp_path):
 
 
 def test_cli_score(world, trained, tmp_path):
-    from rlhf.commands.rm import app
+    from rlhf.cli.rm import app
     summary, _ = trained
     inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a tree", "response": "gold gold",
                                                "id": 1},
@@ -208,7 +210,7 @@ def test_cli_score(world, trained, tmp_path):
 
 
 def test_cli_train(world, tmp_path):
-    from rlhf.commands.rm import app
+    from rlhf.cli.rm import app
     rows = make_rankings(16, random.Random(3), ["A"])
     train = write_jsonl(tmp_path / "t.jsonl", rows)
     res = CliRunner().invoke(app, ["train", "--set", f"rm.model={world['sft']}",
@@ -220,7 +222,7 @@ def test_cli_train(world, tmp_path):
 
 def test_sft_select_picks_highest_mean_rm_score(world, trained, tmp_path):
     """Two 'epochs': the selection equals the argmax of the mean RM score of their samples."""
-    from rlhf.commands.rm import sft_select_command  # noqa: F401  (the CLI entry point)
+    from rlhf.cli.sft import select  # noqa: F401  (the CLI entry point)
     from rlhf.train.reward import select_sft_checkpoint
     summary, _ = trained
     tok = tiny_tokenizer()

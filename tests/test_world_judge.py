@@ -7,7 +7,7 @@ import random
 import pytest
 
 from rlhf.errors import UserError
-from rlhf.world import FLAG_NAMES, World
+from rlhf.world import RATING_FLAGS, World
 from rlhf.world import lexicon as lx
 from rlhf.world.judge import judge
 from rlhf.world.prose import fact_sentence
@@ -285,7 +285,7 @@ def test_empty_role_confusion_and_likert(u):
     for response in ("", f"Anna is a {job}.", "Tom.", "User: hi"):
         j = judge(u, r, response)
         assert j.likert == 1 + round(6 * j.score)
-        assert set(j.flags) == set(FLAG_NAMES) and 0.0 <= j.score <= 1.0
+        assert set(j.flags) == set(RATING_FLAGS) and 0.0 <= j.score <= 1.0
 
 
 def test_world_judge_accepts_text_id_and_template(world: World):

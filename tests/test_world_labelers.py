@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from rlhf.world import FLAG_NAMES, LabelerPool, World, agreement_rate, measure_agreement
+from rlhf.world import RATING_FLAGS, LabelerPool, World, agreement_rate, measure_agreement
 from rlhf.world.samples import policy_samples
 
 SIZES = dict(n_sft=300, n_sft_valid=20, n_rm=200, n_ppo=20, n_test=20)
@@ -74,7 +74,7 @@ def test_rate_gives_likert_and_flags(world: World, pool: LabelerPool):
     for r in world.prompts("rm")[:20]:
         rating = pool.labelers[5].rate(r, world.good_response(r))
         assert 1 <= rating["likert"] <= 7 and isinstance(rating["likert"], int)
-        assert set(rating["flags"]) == set(FLAG_NAMES)
+        assert set(rating["flags"]) == set(RATING_FLAGS)
 
 
 def test_demonstrations_slip_at_the_set_rate(world: World):

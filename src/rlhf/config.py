@@ -19,6 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rlhf.errors import UserError
 
 
+#: How a prompt is shown to a model without a chat template (the plain template; {prompt} is
+#: replaced). SFT, the RM, PPO and evaluation must all use the same one.
+DEFAULT_TEMPLATE = "User: {prompt}\nAssistant:"
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -69,8 +74,8 @@ class PretrainConfig(OptimFields):
     # closed-domain task needs copying. `copy_warmup_steps` optimizer steps on synthetic copy
     # blocks (`rlhf.data.text.repeat_blocks`, constant LR after warm-up) come first and form the
     # induction heads; `copy_fraction` of the corpus phase's blocks stay synthetic so they are
-    # kept. 0 and 0.0 = plain pretraining. benchmarks/induction_formation.py measures when the
-    # heads form; benchmarks/copy_formation.py, copying through the whole pretraining run.
+    # kept. 0 and 0.0 = plain pretraining. experiments/induction_formation.py measures when the
+    # heads form; experiments/copy_formation.py, copying through the whole pretraining run.
     copy_warmup_steps: int = 0
     copy_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
 
@@ -81,7 +86,7 @@ class SFTConfig(OptimFields):
     train_file: str = ""            # demonstrations JSONL (or LIMA json with data_format: lima)
     valid_file: str | None = None
     data_format: Literal["auto", "jsonl", "lima"] = "auto"
-    prompt_template: str = "User: {prompt}\nAssistant:"
+    prompt_template: str = DEFAULT_TEMPLATE
     loss_on_prompt: bool = False    # paper unspecified; mask prompt tokens by default (spec §2)
     max_length: int = 256           # prompt+response tokens; longer examples are truncated (warned)
     epochs: int = 16                # paper: 16 epochs
@@ -103,7 +108,7 @@ class RMConfig(OptimFields):
     data_format: Literal["auto", "rankings", "pairwise", "hh_rlhf", "tldr"] = "auto"
     skip_invalid: bool = False      # skip (and count) invalid records instead of stopping
     demonstrations_file: str | None = None  # for normalisation: demos score mean 0 (§3.5)
-    prompt_template: str = "User: {prompt}\nAssistant:"
+    prompt_template: str = DEFAULT_TEMPLATE
     max_length: int = 256
     max_k: int = 9                  # paper: K = 4..9
     epochs: int = 1                 # paper: 1 epoch (more overfits)
@@ -124,7 +129,7 @@ class PPOConfig(Section):
     reward_model: str | None = None # RM path; the value model is initialised from it
     reward_fn: str | None = None    # or "module:function" taking (prompts, responses) -> scores
     prompts_file: str = ""
-    prompt_template: str = "User: {prompt}\nAssistant:"
+    prompt_template: str = DEFAULT_TEMPLATE
     ptx_files: list[str] = Field(default_factory=list)  # pretraining text for PPO-ptx
     # batch plan
     iterations: int = 500           # paper: 256k episodes / 512 = 500 iterations (derived)
@@ -137,6 +142,8 @@ class PPOConfig(Section):
     max_new_tokens: int = 64
     max_prompt_length: int = 192
     temperature: float = 1.0        # paper: rollout temperature 1
+    autocast: Literal["off", "bf16"] = "off"  # bf16 autocast of every forward (fp32 weights);
+                                    # the invariants then use BF16_RATIO_TOL (train/ppo/checks.py)
     no_eos_penalty: float | None = -1.0  # score for responses without EOS (spec 7.19); None = off
     # reward
     beta_kl: float = 0.02           # paper: β = 0.02, fixed
@@ -144,6 +151,8 @@ class PPOConfig(Section):
     kl_target: float = 6.0
     kl_horizon: int = 10000
     clamp_kl: bool = False          # AlpacaFarm clamps per-token KL ≥ 0 (not the paper)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"  # per-token KL in the penalty: k1 = log-ratio
+                                    # (the paper's); k2, k3: Schulman's estimators (rl/kl.py)
     whiten_rewards: bool = False
     # advantages and losses
     gamma: float = 1.0              # paper: no discount
@@ -162,6 +171,8 @@ class PPOConfig(Section):
     lr_schedule: Literal["constant_warmup", "linear"] = "constant_warmup"
     warmup_iterations: int = 10     # paper: warmup over the first 10 iterations from 0.1×
     adam_style: Literal["torch", "tf"] = "torch"
+    beta1: float = 0.9              # paper: Adam β1 = 0.9 for all models
+    beta2: float = 0.95             # paper: Adam β2 = 0.95 for all models
     adam_eps: float = 1e-5
     grad_clip: float | None = None  # paper: unspecified; LMHP: none
     ema_decay: float | None = 0.992 # paper: EMA of weights 0.992; None disables

@@ -26,11 +26,21 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import torch
+import transformers
 import yaml
 
 from rlhf.config import Config, dump_config
 from rlhf.errors import UserError
+from rlhf.eval.pipeline_eval import evaluate_pipeline
 from rlhf.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from rlhf.models import load_model, load_tokenizer
+from rlhf.models.generation import generate_texts
+from rlhf.train.ppo import PPOPlan, ppo
+from rlhf.train.pretrain import pretrain
+from rlhf.train.reward import select_sft_checkpoint, train_rm
+from rlhf.train.sft import sft
+from rlhf.world import World, build_world
 
 
 def _log(msg: str) -> None:
@@ -61,11 +71,37 @@ class Stages:
         return result
 
 
-def _cfg_with(cfg: Config, **sections) -> Config:
+def with_sections(cfg: Config, **sections) -> Config:
+    """`cfg` with some fields of some sections replaced: with_sections(cfg, ppo={"lr": 1e-5})."""
     data = cfg.model_dump()
     for section, values in sections.items():
         data[section] = {**data[section], **values}
     return Config.model_validate(data)
+
+
+#: Section fields the pipeline sets itself, stage by stage, and where to say what you want
+#: instead (None: the pipeline decides it; there is nothing to set).
+PIPELINE_OWNED = {
+    "pretrain.train_files": None, "pretrain.valid_files": None,
+    "sft.model": None, "sft.train_file": None, "sft.valid_file": None,
+    "rm.model": None, "rm.train_file": None, "rm.valid_file": None,
+    "rm.demonstrations_file": None,
+    "ppo.policy": None, "ppo.reference": None, "ppo.reward_model": None,
+    "ppo.prompts_file": None, "ppo.ptx_files": None,
+    "ppo.gamma_ptx": "pipeline.ppo_ptx_gamma (and pipeline.ppo_ptx)",
+}
+
+
+def check_owned_fields(cfg: Config) -> None:
+    """Refuse a config that sets a section field the pipeline overwrites (it would be ignored
+    without a word). `ppo.iterations` is honoured: round 1 and, unless
+    pipeline.ppo_iterations_later_rounds is set, the later rounds."""
+    for key, instead in PIPELINE_OWNED.items():
+        section, field = key.split(".")
+        if field in getattr(cfg, section).model_fields_set:
+            hint = f"set {instead} instead" if instead else \
+                "the pipeline sets it for each stage (the world's files, the previous stage's model)"
+            raise UserError(f"{key} cannot be set in a pipeline config: {hint}", field=key)
 
 
 # ------------------------------------------------------------------ comparisons from labelers
@@ -73,8 +109,6 @@ def _cfg_with(cfg: Config, **sections) -> Config:
 def sample_and_rank(policy_dir: str, prompts: list[str], labelers: list, cfg: Config,
                     out: Path, round_idx: int) -> dict:
     """K = k_min..k_max samples per prompt from the policy, each prompt ranked by one labeler."""
-    from rlhf.generation import generate_texts
-    from rlhf.models import load_model, load_tokenizer
     p = cfg.pipeline
     rng = random.Random(cfg.seed * 7919 + round_idx)
     ks = [rng.randint(p.k_min, p.k_max) for _ in prompts]
@@ -177,8 +211,6 @@ def ppo_iterations(cfg: Config, r: int) -> int:
 def check_ppo_plans(cfg: Config) -> None:
     """Every round's PPO batch plan, checked before any stage runs (a plan that only breaks in
     round 2 would otherwise stop the run after its first PPO stages)."""
-    from rlhf.train.ppo_plan import PPOPlan
-
     p = cfg.pipeline
     gammas = [0.0] + ([p.ppo_ptx_gamma] if p.ppo_ptx else [])
     for r in range(1, p.rounds + 1):
@@ -221,9 +253,6 @@ def _file_digest(paths: list[str]) -> str:
 def base_cache_key(cfg: Config, train_files: list[str], valid_files: list[str]) -> str:
     """What fixes a pretrained base: the corpus text, the pretrain section (its file paths
     aside), the seed, and the library versions that compute it."""
-    import torch
-    import transformers
-
     section = cfg.pretrain.model_dump(mode="json")
     section.pop("train_files", None), section.pop("valid_files", None)
     ident = {"version": BASE_CACHE_VERSION, "seed": cfg.seed, "pretrain": section,
@@ -269,14 +298,75 @@ def cached_base(cfg: Config, train_files: list[str], valid_files: list[str], out
 
 # ------------------------------------------------------------------------------ the pipeline
 
-def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
-    from rlhf.train.pretrain import pretrain
-    from rlhf.train.ppo import ppo
-    from rlhf.train.reward import select_sft_checkpoint, train_rm
-    from rlhf.train.sft import sft
-    from rlhf.world import World, build_world
+class Loop:
+    """What the stages of one pipeline run share: the config, the world's files and the
+    simulated labelers. Each stage is a method taking its folder and returning its result."""
 
+    def __init__(self, cfg: Config, root: Path, world: World):
+        self.cfg, self.root, self.world = cfg, root, world
+        self.pool = world.labeler_pool()    # the same labelers that wrote the demonstrations
+        self.wdir = root / "world" / "data"
+        self.pretrain_text = [str(self.wdir / "pretrain/train.txt")]
+        self.valid_text = [str(self.wdir / "pretrain/valid.txt")]
+
+    def pretrain(self, d: Path) -> dict:
+        c = with_sections(self.cfg, pretrain={"train_files": self.pretrain_text,
+                                              "valid_files": self.valid_text})
+        return cached_base(c, self.pretrain_text, self.valid_text, d,
+                           lambda out: pretrain(c, out, resume=True))
+
+    def sft(self, d: Path, base: str) -> dict:
+        c = with_sections(self.cfg, sft={
+            "model": base, "train_file": str(self.wdir / "demonstrations/sft.jsonl"),
+            "valid_file": str(self.wdir / "demonstrations/sft_valid.jsonl")})
+        return sft(c, d, resume=True)
+
+    def comparisons(self, d: Path, policy: str, prompts: list[str], r: int) -> dict:
+        return sample_and_rank(policy, prompts, self.pool.train_labelers, self.cfg, d, r)
+
+    def reward_model(self, d: Path, sft_model: str, rankings_train: list[str],
+                     rankings_valid: str, r: int) -> dict:
+        """The RM on every round's rankings so far, validated on this round's held-out
+        samples ranked by a training and a held-out labeler."""
+        train_file = _concat_jsonl(rankings_train, d / "train.jsonl")
+        heldout = heldout_valid_rankings(rankings_valid, self.pool.heldout_labelers,
+                                         d / "valid_heldout.jsonl", self.cfg.seed + r)
+        valid_file = _concat_jsonl([rankings_valid, heldout], d / "valid.jsonl")
+        c = with_sections(self.cfg, rm={
+            "model": sft_model, "train_file": train_file, "valid_file": valid_file,
+            "demonstrations_file": str(self.wdir / "demonstrations/sft_valid.jsonl")})
+        return train_rm(c, d, resume=True)
+
+    def sft_select(self, d: Path, sft_res: dict, rm_res: dict) -> dict:
+        p = self.cfg.pipeline
+        epochs = sft_res["epoch_checkpoints"]
+        return choose_sft_checkpoint(epochs, rm_res, p.select_min_rm_accuracy,
+                                     d / "selection.json", lambda out: select_sft_checkpoint(
+                                         epochs, str(self.wdir / "prompts/sft_valid.jsonl"),
+                                         rm_res["model"], out, n_prompts=p.select_prompts,
+                                         max_new_tokens=p.sample_max_new_tokens,
+                                         template=self.cfg.sft.prompt_template,
+                                         seed=self.cfg.seed))
+
+    def ppo(self, d: Path, start: str, sft_model: str, rm_path: str, gamma: float,
+            iterations: int) -> dict:
+        c = with_sections(self.cfg, ppo={
+            "policy": start, "reference": sft_model, "reward_model": rm_path,
+            "prompts_file": str(self.wdir / "prompts/ppo.jsonl"),
+            "ptx_files": self.pretrain_text, "gamma_ptx": gamma, "iterations": iterations})
+        return ppo(c, d, resume=True)
+
+    def evaluate(self, d: Path, base: str, sft_model: str, rounds: list[dict]) -> dict:
+        return evaluate_pipeline(self.cfg, self.world, self.pool, self.root, base=base,
+                                 sft=sft_model, rounds=rounds,
+                                 fewshot=(self.wdir / "fewshot.txt").read_text(),
+                                 valid_text=self.valid_text, out=d)
+
+
+def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
+    """The whole loop (see the module docstring) in `out_dir`; returns summary.json's content."""
     root = Path(out_dir)
+    check_owned_fields(cfg)
     check_ppo_plans(cfg)
     root.mkdir(parents=True, exist_ok=True)
     check_resumable(root, cfg)
@@ -287,77 +377,34 @@ def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
 
     w = st.run("world", lambda d: build_world(d / "data", seed=cfg.seed,
                                               n_labelers=p.n_labelers, **p.world))
-    wdir = root / "world" / "data"
-    world = World.load(wdir)
-    pool = world.labeler_pool()  # the same labelers that wrote the demonstrations
-    train_labelers, heldout = pool.train_labelers, pool.heldout_labelers
-    pre_files = [str(wdir / "pretrain/train.txt")]
-    valid_text = [str(wdir / "pretrain/valid.txt")]
-
-    def _pretrain(d: Path) -> dict:
-        c = _cfg_with(cfg, pretrain={"train_files": pre_files, "valid_files": valid_text})
-        return cached_base(c, pre_files, valid_text, d, lambda dd: pretrain(c, dd, resume=True))
-    base = st.run("pretrain", _pretrain)["model"]
-
-    def _sft(d: Path) -> dict:
-        c = _cfg_with(cfg, sft={"model": base,
-                                "train_file": str(wdir / "demonstrations/sft.jsonl"),
-                                "valid_file": str(wdir / "demonstrations/sft_valid.jsonl")})
-        return sft(c, d, resume=True)
-    sft_res = st.run("sft", _sft)
-    policy = sft_res["model"]
-    sft_model = policy
+    world = World.load(root / "world" / "data")
+    loop = Loop(cfg, root, world)
+    base = st.run("pretrain", loop.pretrain)["model"]
+    sft_res = st.run("sft", lambda d: loop.sft(d, base))
+    sft_model = policy = sft_res["model"]
     rm_prompts = [r["prompt"] for r in world.prompts("rm")]
-    ppo_prompts = str(wdir / "prompts/ppo.jsonl")
     rankings_train: list[str] = []
-    rankings_valid: list[str] = []
     rounds: list[dict] = []
     per_round = p.rm_prompts_per_round
     for r in range(1, p.rounds + 1):
+        # ---- fresh comparisons of the current policy, then the RM on all of them so far ----
         chunk = rm_prompts[(r - 1) * per_round: r * per_round] or rm_prompts[:per_round]
-        cmp_ = st.run(f"r{r}_comparisons",
-                      lambda d, pol=policy, ch=chunk, rr=r: sample_and_rank(
-                          pol, ch, train_labelers, cfg, d, rr))
-        rankings_train.append(cmp_["train"])
-        rankings_valid.append(cmp_["valid"])
-
-        def _rm(d: Path, rr=r) -> dict:
-            train_file = _concat_jsonl(rankings_train, d / "train.jsonl")
-            hv = heldout_valid_rankings(rankings_valid[-1], heldout, d / "valid_heldout.jsonl",
-                                        cfg.seed + rr)
-            valid_file = _concat_jsonl([rankings_valid[-1], hv], d / "valid.jsonl")
-            c = _cfg_with(cfg, rm={"model": sft_model, "train_file": train_file,
-                                   "valid_file": valid_file,
-                                   "demonstrations_file":
-                                       str(wdir / "demonstrations/sft_valid.jsonl")})
-            return train_rm(c, d, resume=True)
-        rm_res = st.run(f"r{r}_rm", _rm)
-        rm_path = rm_res["model"]
-
+        comparisons = st.run(f"r{r}_comparisons",
+                             lambda d: loop.comparisons(d, policy, chunk, r))
+        rankings_train.append(comparisons["train"])
+        rm_res = st.run(f"r{r}_rm", lambda d: loop.reward_model(
+            d, sft_model, rankings_train, comparisons["valid"], r))
         if r == 1 and p.select_sft_by_rm and len(sft_res.get("epoch_checkpoints", [])) > 1:
-            sel = st.run("sft_select", lambda d: choose_sft_checkpoint(
-                sft_res["epoch_checkpoints"], rm_res, p.select_min_rm_accuracy,
-                d / "selection.json", lambda out: select_sft_checkpoint(
-                    sft_res["epoch_checkpoints"], str(wdir / "prompts/sft_valid.jsonl"),
-                    rm_path, out, n_prompts=p.select_prompts,
-                    max_new_tokens=p.sample_max_new_tokens, template=cfg.sft.prompt_template,
-                    seed=cfg.seed)))
-            sft_model = policy = sel["selected"]
-
-        iters = ppo_iterations(cfg, r)
+            sft_model = policy = st.run("sft_select",
+                                        lambda d: loop.sft_select(d, sft_res, rm_res))["selected"]
+        # ---- PPO and PPO-ptx against this RM (KL reference: the SFT model) -----------------
         variants = [("ppo", 0.0)] + ([("ppo_ptx", p.ppo_ptx_gamma)] if p.ppo_ptx else [])
         results = {}
         for name, gamma in variants:
             start = policy if r == 1 else rounds[-1][name]
-
-            def _ppo(d: Path, start=start, gamma=gamma) -> dict:
-                c = _cfg_with(cfg, ppo={"policy": start, "reference": sft_model,
-                                        "reward_model": rm_path, "prompts_file": ppo_prompts,
-                                        "ptx_files": pre_files, "gamma_ptx": gamma,
-                                        "iterations": iters})
-                return ppo(c, d, resume=True)
-            results[name] = st.run(f"r{r}_{name}", _ppo)["model"]
-        rounds.append({"round": r, "rm": rm_path, **results,
+            results[name] = st.run(f"r{r}_{name}", lambda d: loop.ppo(
+                d, start, sft_model, rm_res["model"], gamma, ppo_iterations(cfg, r)))["model"]
+        rounds.append({"round": r, "rm": rm_res["model"], **results,
                        "rm_metrics": {k: v for k, v in rm_res.items() if k != "model"},
                        # the RM's validation samples, ranked by a training and a held-out labeler
                        "rankings_valid": str(root / f"r{r}_comparisons" / "rankings_valid.jsonl"),
@@ -365,12 +412,7 @@ def run_pipeline(cfg: Config, out_dir: str | Path) -> dict:
         # the next round's comparisons come from the current policy (InstructGPT's PPO-ptx)
         policy = results.get("ppo_ptx", results["ppo"])
 
-    def _eval(d: Path) -> dict:
-        from rlhf.eval.pipeline_eval import evaluate_pipeline
-        return evaluate_pipeline(cfg, world, pool, root, base=base, sft=sft_model,
-                                 rounds=rounds, fewshot=(wdir / "fewshot.txt").read_text(),
-                                 valid_text=valid_text, out=d)
-    ev = st.run("eval", _eval)
+    ev = st.run("eval", lambda d: loop.evaluate(d, base, sft_model, rounds))
     summary = {"run": str(root), "world": w, "base": base, "sft": sft_model, "rounds": rounds,
                "eval": ev, "stage_seconds": st.timings,
                "wall_s_this_invocation": round(time.time() - t_start, 1)}

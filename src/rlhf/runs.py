@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from rlhf.io import write_json_atomic, write_text_atomic
 
@@ -69,3 +73,22 @@ def read_metrics(path: str | Path) -> list[dict]:
     if p.is_dir():
         p = p / "metrics.jsonl"
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+class Timer:
+    """Wall time per phase (synchronising the GPU, if any, so the split is honest)."""
+
+    def __init__(self):
+        self.t: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.t[name] += time.perf_counter() - t0

@@ -10,13 +10,15 @@ summarize-from-feedback (Stiennon et al. 2020; `info`, `summaries` [2] of {text,
 "SUBREDDIT: r/...\\nTITLE: ...\\nPOST: ...\\n\\nTL;DR:" (CNN/DM: "ARTICLE: ...\\n\\nTL;DR:"), the
 two summaries are the responses, `choice` is the winner and `worker` the labeler id.
 
-Loaders take paths (JSONL, optionally gzipped): `load_hh_rlhf(path)`, `load_tldr(path)`.
+`rlhf.data.rankings.load_rankings` reads both (JSONL, optionally gzipped), recognising them by
+their keys or by `data_format="hh_rlhf"` / `"tldr"`; the public files hold a few invalid records
+(e.g. an empty reply), which `skip_invalid=True` skips and counts.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 
+from rlhf.data.records import RankingExample
 from rlhf.errors import UserError
 from rlhf.io import require_str
 
@@ -36,9 +38,7 @@ def split_hh_transcript(text: str, path: str, line: int, field: str) -> tuple[st
     return prefix, reply
 
 
-def parse_hh_rlhf_record(obj: dict, path: str, line: int, max_k: int = 9):
-    from rlhf.data.rankings import RankingExample
-
+def parse_hh_rlhf_record(obj: dict, path: str, line: int, max_k: int = 9) -> RankingExample:
     chosen = require_str(obj, "chosen", path, line)
     rejected = require_str(obj, "rejected", path, line)
     p_c, r_c = split_hh_transcript(chosen, path, line, "chosen")
@@ -67,9 +67,7 @@ def tldr_query(info: dict) -> str:
     return f"ARTICLE: {str(info.get('article') or '').strip()}\n\nTL;DR:"
 
 
-def parse_tldr_record(obj: dict, path: str, line: int, max_k: int = 9):
-    from rlhf.data.rankings import RankingExample
-
+def parse_tldr_record(obj: dict, path: str, line: int, max_k: int = 9) -> RankingExample:
     info = obj.get("info")
     if not isinstance(info, dict):
         raise UserError("missing or not an object", path=path, line=line, field="info")
@@ -96,14 +94,3 @@ def parse_tldr_record(obj: dict, path: str, line: int, max_k: int = 9):
     return RankingExample(tldr_query(info), texts, [[choice], [1 - choice]],
                           None if worker is None else str(worker))
 
-
-def load_hh_rlhf(path: str | Path, skip_invalid: bool = True):
-    """HH-RLHF pairs; the public files hold a few empty replies: skipped and counted by default."""
-    from rlhf.data.rankings import load_rankings
-    return load_rankings(path, 2, "hh_rlhf", skip_invalid=skip_invalid)
-
-
-def load_tldr(path: str | Path, skip_invalid: bool = True):
-    """summarize-from-feedback comparisons; invalid records skipped (and counted) by default."""
-    from rlhf.data.rankings import load_rankings
-    return load_rankings(path, 2, "tldr", skip_invalid=skip_invalid)

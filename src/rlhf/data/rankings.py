@@ -20,24 +20,16 @@ from pathlib import Path
 
 import torch
 
-from rlhf.data.format import DEFAULT_TEMPLATE, encode_prompt, encode_response
+from rlhf.data.adapters import parse_hh_rlhf_record, parse_tldr_record
+from rlhf.data.records import RankingExample
+from rlhf.data.sft import parse_messages_record
+from rlhf.models.format import (DEFAULT_TEMPLATE, TruncationCounter, encode_pair, encode_prompt,
+                                pad_sequences)
 from rlhf.errors import UserError
 from rlhf.io import read_jsonl, require_str
 from rlhf.rl.ranking import preference_matrix
 
 FORMATS = ("auto", "rankings", "pairwise", "hh_rlhf", "tldr")
-
-
-@dataclass
-class RankingExample:
-    prompt: str
-    responses: list[str]
-    ranking: list[list[int]]          # tie groups, best first
-    labeler_id: str | None = None
-
-    @property
-    def k(self) -> int:
-        return len(self.responses)
 
 
 @dataclass
@@ -147,14 +139,12 @@ def load_rankings(path: str | Path, max_k: int = 9, data_format: str = "auto",
     a few records have e.g. an empty reply) it is skipped and the count is warned about.
     Malformed JSON is always an error.
     """
-    from rlhf.data import adapters
-
     if data_format not in FORMATS:
         raise UserError(f"unknown data_format '{data_format}' (one of {', '.join(FORMATS)})",
                         field="data_format")
     path = str(path)
     parsers = {"rankings": parse_ranking_record, "pairwise": parse_pairwise_record,
-               "hh_rlhf": adapters.parse_hh_rlhf_record, "tldr": adapters.parse_tldr_record}
+               "hh_rlhf": parse_hh_rlhf_record, "tldr": parse_tldr_record}
     out, skipped = [], []
     for line, obj in read_jsonl(path):
         fmt = detect_format(obj) if data_format == "auto" else data_format
@@ -185,8 +175,7 @@ def load_prompt_responses(path: str | Path) -> list[tuple[str, str]]:
     out = []
     for line, obj in read_jsonl(path):
         if "messages" in obj and "prompt" not in obj:
-            from rlhf.data.sft import _from_messages
-            d = _from_messages(obj, path, line)
+            d = parse_messages_record(obj, path, line)
             out.append((d.prompt, d.response))
             continue
         out.append((require_str(obj, "prompt", path, line),
@@ -197,43 +186,6 @@ def load_prompt_responses(path: str | Path) -> list[tuple[str, str]]:
 
 
 # ----------------------------------------------------------------------------- tokenisation
-
-class TruncationCounter:
-    def __init__(self):
-        self.prompts = self.responses = self.total = 0
-
-    def warn(self, source: str = "", max_length: int = 0) -> None:
-        if self.prompts or self.responses:
-            warnings.warn(f"{source}: of {self.total} sequences longer than max_length="
-                          f"{max_length}: {self.prompts} prompts were cut from the left, "
-                          f"{self.responses} responses were cut at the end (their EOS lost)",
-                          stacklevel=3)
-
-
-def encode_pair(tokenizer, prompt: str, response: str, max_length: int,
-                template: str = DEFAULT_TEMPLATE, counter: TruncationCounter | None = None,
-                prompt_ids: list[int] | None = None) -> list[int]:
-    """Prompt ids (template applied) + " " + response ids + EOS, at most max_length tokens.
-
-    Too long: the prompt is cut from the left; a response that alone exceeds max_length is cut
-    at the end (it loses its EOS). Both are counted in `counter`.
-    """
-    p = prompt_ids if prompt_ids is not None else encode_prompt(tokenizer, prompt, template)
-    r = encode_response(tokenizer, response)
-    if counter is not None:
-        counter.total += 1
-    if len(p) + len(r) > max_length:
-        if len(r) > max_length:
-            r = r[:max_length]
-            if counter is not None:
-                counter.responses += 1
-        keep = max_length - len(r)
-        if keep < len(p):
-            p = p[len(p) - keep:] if keep > 0 else []
-            if counter is not None:
-                counter.prompts += 1
-    return list(p) + list(r)
-
 
 def encode_rankings(tokenizer, examples: list[RankingExample], max_length: int,
                     template: str = DEFAULT_TEMPLATE, source: str = "") -> list[EncodedRanking]:
@@ -246,24 +198,6 @@ def encode_rankings(tokenizer, examples: list[RankingExample], max_length: int,
         out.append(EncodedRanking(seqs, ex.ranking, ex.labeler_id))
     counter.warn(source, max_length)
     return out
-
-
-def pad_sequences(seqs: list[list[int]], pad_id: int, side: str = "right"
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids [N, T], attention_mask [N, T]) padded to the longest sequence."""
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if not s:
-            continue
-        if side == "right":
-            ids[i, :len(s)] = torch.tensor(s)
-            mask[i, :len(s)] = 1
-        else:
-            ids[i, n - len(s):] = torch.tensor(s)
-            mask[i, n - len(s):] = 1
-    return ids, mask
 
 
 def collate_rankings(batch: list[EncodedRanking], pad_id: int) -> dict[str, torch.Tensor]:

@@ -4,27 +4,24 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from rlhf.data.format import DEFAULT_TEMPLATE, encode_response, format_prompt
+from rlhf.data.records import Demonstration
+from rlhf.models.format import DEFAULT_TEMPLATE, encode_response, format_prompt
 from rlhf.errors import UserError
 from rlhf.io import read_jsonl, require_str
+from rlhf.models.lm import IGNORE_INDEX
 
-IGNORE = -100  # label value that carries no loss
-
-
-@dataclass
-class Demonstration:
-    prompt: str
-    response: str
-    history: list[tuple[str, str]] = field(default_factory=list)  # earlier (user, assistant) turns
-    labeler_id: str | None = None
+IGNORE = IGNORE_INDEX  # label value that carries no loss
 
 
-def _from_messages(obj: dict, path: str, line: int) -> Demonstration:
+def parse_messages_record(obj: dict, path: str, line: int) -> Demonstration:
+    """A chat record {"messages": [{"role", "content"}, ...]} as a Demonstration: the last
+    message (the assistant's) is the response, the message before it the prompt, the earlier
+    pairs of turns the history; system messages go before the prompt of a single-turn dialogue
+    (and are dropped from a longer one)."""
     msgs = obj["messages"]
     if not isinstance(msgs, list) or len(msgs) < 2:
         raise UserError("must be a list of at least a user and an assistant message", path=path,
@@ -62,7 +59,7 @@ def load_demonstrations(path: str | Path, data_format: str = "auto") -> list[Dem
     demos = []
     for line, obj in read_jsonl(path):
         if "messages" in obj:
-            demos.append(_from_messages(obj, path, line))
+            demos.append(parse_messages_record(obj, path, line))
             continue
         prompt = require_str(obj, "prompt", path, line)
         response = require_str(obj, "response", path, line)

@@ -69,3 +69,13 @@ def repeat_blocks(n: int, block_size: int, token_ids: torch.Tensor, generator: t
     pos = torch.arange(block_size)[None, :]
     source = torch.where(pos < p, pos, (offset + pos - p) % p)
     return ids.gather(1, source)
+
+
+def block_examples(blocks: torch.Tensor) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) pairs of packed blocks: every token is a target."""
+    return [(b.tolist(), b.tolist()) for b in blocks]
+
+
+def collate_blocks(examples) -> dict[str, torch.Tensor]:
+    ids = torch.tensor([e[0] for e in examples], dtype=torch.long)
+    return {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}

@@ -30,15 +30,16 @@ from collections import defaultdict
 
 import torch
 
-from rlhf.data.format import DEFAULT_TEMPLATE
-from rlhf.generation import left_pad
+from rlhf.models import load_model, load_tokenizer
+from rlhf.models.format import DEFAULT_TEMPLATE, pad_sequences
 from rlhf.models.lm import context_length, position_ids_from_mask
-from rlhf.world import lexicon as lx
+from rlhf.world import lexicon
 from rlhf.world.universe import Universe
 
 DETAILS: dict[str, tuple[str, ...]] = {
-    "town": tuple(lx.TOWNS), "number": tuple(lx.NUMBERS), "food": tuple(lx.COUNTABLE_FOODS),
-    "name": tuple(lx.PEOPLE), "animal": tuple(s.plural for s in lx.SPECIES)}
+    "town": tuple(lexicon.TOWNS), "number": tuple(lexicon.NUMBERS),
+    "food": tuple(lexicon.COUNTABLE_FOODS), "name": tuple(lexicon.PEOPLE),
+    "animal": tuple(s.plural for s in lexicon.SPECIES)}
 SHAPES: tuple[str, ...] = ("prose", "chat")
 
 
@@ -51,8 +52,8 @@ def copy_cases(u: Universe, n: int, seed: int = 0,
         p = u.people[rng.choice(sorted(u.people))]
         friend, met = rng.sample([q for q in sorted(u.people) if q != p.name], 2)
         town = u.towns[rng.choice([t for t in sorted(u.towns) if t != p.town])]
-        num, many = rng.sample(lx.NUMBERS, 2)
-        food, animals = rng.choice(lx.COUNTABLE_FOODS), rng.choice(lx.SPECIES).plural
+        num, many = rng.sample(lexicon.NUMBERS, 2)
+        food, animals = rng.choice(lexicon.COUNTABLE_FOODS), rng.choice(lexicon.SPECIES).plural
         pr = p.pronoun
         source = (f"{p.name} went to {town.name}. {pr.capitalize()} bought {num} {food} at the "
                   f"market. {pr.capitalize()} met {met} by the {town.river} River. "
@@ -60,7 +61,7 @@ def copy_cases(u: Universe, n: int, seed: int = 0,
         heads = {
             "prose": f"One day, {source} Later, {p.name} told {friend} that {pr} ",
             "chat": template.format(prompt="Summarize the text in one sentence.\nText: On "
-                                    f"{rng.choice(lx.DAYS)}, {source}") + f" {p.name} ",
+                                    f"{rng.choice(lexicon.DAYS)}, {source}") + f" {p.name} ",
         }
         for shape, head in heads.items():
             said = f"{head}went to"
@@ -89,8 +90,8 @@ def copy_accuracy(model, tokenizer, cases: list[dict], batch_size: int = 64) -> 
         answers = [tokenizer(" " + c["answer"], add_special_tokens=False)["input_ids"]
                    for c in chunk]
         # prefix + answer, teacher-forced; the end of a text longer than the context matters
-        ids, mask = left_pad([(tokenizer(c["prefix"], add_special_tokens=False)["input_ids"]
-                               + a)[-ctx:] for c, a in zip(chunk, answers)], pad)
+        ids, mask = pad_sequences([(tokenizer(c["prefix"], add_special_tokens=False)["input_ids"]
+                                    + a)[-ctx:] for c, a in zip(chunk, answers)], pad, side="left")
         ids, mask = ids.to(device), mask.to(device)
         pred = model(input_ids=ids, attention_mask=mask,
                      position_ids=position_ids_from_mask(mask)).logits.argmax(-1)
@@ -118,8 +119,6 @@ def copy_probe(models: dict[str, str], u: Universe, n: int = 50, seed: int = 0,
                template: str = DEFAULT_TEMPLATE) -> dict:
     """Copy accuracy of HF models given as {name: path} (a path probed once):
     {"n_cases", "chance": {detail: p}, "models": {name: {"accuracy", "prose", "chat"}}}."""
-    from rlhf.models import load_model, load_tokenizer
-
     cases = copy_cases(u, n, seed=seed, template=template)
     done: dict[str, dict] = {}
     out: dict = {"n_cases": len(cases), "models": {}}

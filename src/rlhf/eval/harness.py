@@ -20,10 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from rlhf.data.format import DEFAULT_TEMPLATE
-from rlhf.eval.judging import (CLOSED_DOMAIN, compare_by_judge, compare_to_reference,
+from rlhf.eval.judging import (DEFAULT_CLOSED_DOMAIN, compare_by_judge, compare_to_reference,
                                judge_responses, prompt_text, rate_responses)
 from rlhf.eval.samples import model_perplexity, sample_model
+from rlhf.eval.truthfulqa import mc_scores
+from rlhf.io import write_jsonl_atomic
+from rlhf.models import disable_dropout, load_model, load_tokenizer
+from rlhf.models.format import DEFAULT_TEMPLATE
+from rlhf.models.reward import RewardModel, score_texts
+from rlhf.world.prompts import CLOSED_DOMAIN as WORLD_CLOSED_DOMAIN
 
 
 @dataclass
@@ -40,13 +45,9 @@ class ModelSpec:
 
 
 def world_closed_domain() -> set[str]:
-    """The Instruction World's closed-domain categories (it counts rewrites too), falling back
-    to rlhf.eval.judging.CLOSED_DOMAIN (closed_qa, summarization, extract)."""
-    try:
-        from rlhf.world.prompts import CLOSED_DOMAIN as WORLD_CLOSED
-        return set(WORLD_CLOSED)
-    except ImportError:
-        return set(CLOSED_DOMAIN)
+    """The Instruction World's closed-domain categories: rlhf.eval.judging's default ones
+    (closed_qa, summarization, extract) and rewrite."""
+    return set(WORLD_CLOSED_DOMAIN)
 
 
 def _log(msg: str) -> None:
@@ -56,10 +57,6 @@ def _log(msg: str) -> None:
 def rm_mean_score(rm_path, prompts: Sequence, responses: Sequence[str], *,
                   template: str = DEFAULT_TEMPLATE, batch_size: int = 32) -> float:
     """Mean (normalised) proxy RM score of the responses."""
-    from rlhf.models import load_tokenizer
-    from rlhf.models.reward import RewardModel
-    from rlhf.train.reward import score_texts
-
     rm = RewardModel.from_pretrained(rm_path)
     tok = load_tokenizer(rm_path)
     s = score_texts(rm, tok, [prompt_text(p) for p in prompts], list(responses), batch_size,
@@ -74,7 +71,7 @@ def evaluate_models(specs: Sequence[ModelSpec], prompts: Sequence, *, labelers: 
                     ppl_files: Sequence[str] | None = None, ppl_block_size: int | None = None,
                     ppl_max_tokens: int | None = None, reward_model: str | Path | None = None,
                     truthfulqa: Sequence | None = None, truthfulqa_style: str = "qa",
-                    closed_domain: Iterable[str] = CLOSED_DOMAIN, seed: int = 0,
+                    closed_domain: Iterable[str] = DEFAULT_CLOSED_DOMAIN, seed: int = 0,
                     n_boot: int = 200, keep_samples: int = 5,
                     out_dir: str | Path | None = None,
                     responses: dict[str, list[str]] | None = None) -> dict:
@@ -100,7 +97,6 @@ def evaluate_models(specs: Sequence[ModelSpec], prompts: Sequence, *, labelers: 
         timings[f"sample/{s.name}"] = round(time.time() - t0, 2)
         _log(f"sampled {len(prompts)} responses from {s.name} in {timings[f'sample/{s.name}']}s")
     if out_dir is not None:
-        from rlhf.io import write_jsonl_atomic
         for s in specs:
             write_jsonl_atomic(Path(out_dir) / "samples" / f"{s.name}.jsonl",
                                [{"prompt": prompt_text(p),
@@ -132,8 +128,6 @@ def evaluate_models(specs: Sequence[ModelSpec], prompts: Sequence, *, labelers: 
                                         max_tokens=ppl_max_tokens)
             timings[f"ppl/{s.name}"] = round(time.time() - t0, 2)
         if truthfulqa:
-            from rlhf.eval.truthfulqa import mc_scores
-            from rlhf.models import disable_dropout, load_model, load_tokenizer
             t0 = time.time()
             model = load_model(s.path)
             disable_dropout(model)

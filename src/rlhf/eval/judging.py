@@ -17,7 +17,9 @@ position bias cannot favour either model. Every comparison is judged once (like 
 most comparisons had one labeler).
 
 Metadata scopes (Fig. 4): `hallucination` is counted only over closed-domain categories
-(default closed_qa, summarization, extract), `harmful_compliance` only over harmful prompts
+(`closed_domain`; by default DEFAULT_CLOSED_DOMAIN: closed_qa, summarization, extract; the
+Instruction World's judge counts rewrite too, and its callers pass
+rlhf.eval.harness.world_closed_domain()), `harmful_compliance` only over harmful prompts
 (record["harmful"], or category "harmful"); other flags over every prompt. A flag a labeler
 leaves as None is not counted.
 """
@@ -30,12 +32,13 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from rlhf.data.records import RATING_FLAGS
 from rlhf.eval.stats import length_controlled_win_rate, normal_ci, wilson_interval, win_rate_ci
 from rlhf.rl.ranking import ranking_agreement
 
-FLAGS: tuple[str, ...] = ("follows_instruction", "satisfies_constraint", "hallucination",
-                          "harmful_compliance", "appropriate_for_customer")
-CLOSED_DOMAIN: frozenset[str] = frozenset({"closed_qa", "summarization", "extract"})
+# The closed-domain categories (answers must stay within the given input) when a caller names
+# none. The Instruction World's are rlhf.world.CLOSED_DOMAIN (these and rewrite).
+DEFAULT_CLOSED_DOMAIN: frozenset[str] = frozenset({"closed_qa", "summarization", "extract"})
 HARMFUL_CATEGORY = "harmful"
 
 
@@ -161,7 +164,7 @@ def compare_by_judge(prompts: Sequence, responses: Sequence[str], ref_responses:
 
 # --------------------------------------------------------------------------- Likert + metadata
 def flag_applies(flag: str, category: str, harmful: bool,
-                 closed_domain: Iterable[str] = CLOSED_DOMAIN) -> bool:
+                 closed_domain: Iterable[str] = DEFAULT_CLOSED_DOMAIN) -> bool:
     if flag == "hallucination":
         return category in set(closed_domain)
     if flag == "harmful_compliance":
@@ -171,13 +174,13 @@ def flag_applies(flag: str, category: str, harmful: bool,
 
 def aggregate_ratings(ratings: Sequence[dict], categories: Sequence[str],
                       harmful: Sequence[bool], *,
-                      closed_domain: Iterable[str] = CLOSED_DOMAIN) -> dict:
+                      closed_domain: Iterable[str] = DEFAULT_CLOSED_DOMAIN) -> dict:
     """Aggregate per-response {"likert", "flags"} (see `rate_responses` for the output)."""
     closed = set(closed_domain)
     likert = [float(r["likert"]) for r in ratings if r.get("likert") is not None]
     m, lo, hi = normal_ci(likert, clip=(1.0, 7.0))
-    names = list(FLAGS) + sorted({k for r in ratings for k in (r.get("flags") or {})} -
-                                 set(FLAGS))
+    names = list(RATING_FLAGS) + sorted({k for r in ratings for k in (r.get("flags") or {})} -
+                                        set(RATING_FLAGS))
     counts: dict[str, list[int]] = {f: [0, 0] for f in names}
     by_cat: dict[str, dict[str, list[int]]] = defaultdict(lambda: {f: [0, 0] for f in names})
     lik_cat: dict[str, list[float]] = defaultdict(list)
@@ -214,7 +217,7 @@ def aggregate_ratings(ratings: Sequence[dict], categories: Sequence[str],
 def rate_responses(prompts: Sequence, categories: Sequence[str] | None,
                    responses: Sequence[str], labelers: Sequence, *,
                    harmful: Sequence[bool] | None = None, assignment: str = "round_robin",
-                   seed: int = 0, closed_domain: Iterable[str] = CLOSED_DOMAIN) -> dict:
+                   seed: int = 0, closed_domain: Iterable[str] = DEFAULT_CLOSED_DOMAIN) -> dict:
     """Likert and metadata from held-out labelers (`labeler.rate(prompt, response)`), one rating
     per response.
 
@@ -234,7 +237,7 @@ def rate_responses(prompts: Sequence, categories: Sequence[str] | None,
 def judge_responses(prompts: Sequence, responses: Sequence[str], judge: Callable, *,
                     categories: Sequence[str] | None = None,
                     harmful: Sequence[bool] | None = None,
-                    closed_domain: Iterable[str] = CLOSED_DOMAIN) -> dict:
+                    closed_domain: Iterable[str] = DEFAULT_CLOSED_DOMAIN) -> dict:
     """The gold judge's view: {"score", "score_ci", "score_by_category"} plus everything
     `rate_responses` returns, from the judge's own Likert and flags."""
     cats = _categories(prompts, categories)

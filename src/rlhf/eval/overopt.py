@@ -16,6 +16,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+
+from rlhf import rl
+from rlhf.models import context_length, disable_dropout, load_model, load_tokenizer
+from rlhf.models.format import DEFAULT_TEMPLATE, decode_response, encode_prompt
+from rlhf.models.generation import generate
+from rlhf.models.lm import position_ids_from_mask
+from rlhf.models.reward import RewardModel, score_texts
 
 
 def _points(points: Sequence) -> list[dict]:
@@ -169,11 +177,6 @@ def sequence_kl(policy, reference, tokenizer, prompt_ids: list[list[int]], *,
                 max_new_tokens: int, temperature: float = 1.0, generator=None):
     """Sample from `policy` and estimate KL(π‖π_ref) per sequence as Σ_t (log π − log π_ref) at
     the sampled tokens (the estimator PPO logs as objective/kl). Returns (rollout, kl [B])."""
-    import torch
-
-    from rlhf.generation import generate, policy_logits
-    from rlhf.models.lm import position_ids_from_mask
-
     ro = generate(policy, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
                   temperature=temperature, generator=generator)
     with torch.no_grad():
@@ -181,7 +184,7 @@ def sequence_kl(policy, reference, tokenizer, prompt_ids: list[list[int]], *,
         tr = ro.response.size(1)
         logits = reference(input_ids=ids, attention_mask=mask,
                            position_ids=position_ids_from_mask(mask)).logits[:, -(tr + 1):-1]
-        lp_ref = torch.log_softmax(policy_logits(logits, temperature, tokenizer.pad_token_id),
+        lp_ref = torch.log_softmax(rl.policy_logits(logits, temperature, tokenizer.pad_token_id),
                                    -1).gather(-1, ro.response[..., None]).squeeze(-1)
         # PAD after EOS has log π_ref = -inf (PAD is never sampled): select, don't multiply
         kl = (ro.logprobs - lp_ref).masked_fill(ro.response_mask == 0, 0.0).sum(1)
@@ -199,21 +202,14 @@ def checkpoint_curve(checkpoints: Sequence[tuple[Any, str | Path]], reference: s
     KL is the mean per-sequence estimate of `sequence_kl`; proxy = mean RM score; gold = mean
     judge score. The reference itself (d = 0) comes first when `include_reference`.
     Returns [{"step", "path", "kl", "sqrt_kl", "proxy", "gold", "length", **extra}]."""
-    import torch
-
-    from rlhf.data.format import DEFAULT_TEMPLATE, decode_response, encode_prompt
-    from rlhf.models import load_model, load_tokenizer
-
     template = template or DEFAULT_TEMPLATE
     tok = load_tokenizer(reference)
     ref = disable_dropout_eval(load_model(reference))
     rm = None
     if reward_model is not None:
-        from rlhf.models.reward import RewardModel
         rm = RewardModel.from_pretrained(reward_model)
         rm.eval()
     texts = [p["prompt"] if isinstance(p, dict) else str(p) for p in prompts]
-    from rlhf.models import context_length
     room = max(1, context_length(ref) - max_new_tokens)   # long prompts are cut from the left
     ids = [encode_prompt(tok, t, template)[-room:] for t in texts]
     todo = ([(0, Path(reference))] if include_reference else []) + \
@@ -236,7 +232,6 @@ def checkpoint_curve(checkpoints: Sequence[tuple[Any, str | Path]], reference: s
                               "length": float(np.mean(lengths)) if lengths else 0.0,
                               "proxy": None, "gold": None, **(extra or {})}
         if rm is not None:
-            from rlhf.train.reward import score_texts
             pt["proxy"] = float(np.mean(score_texts(rm, tok, texts, responses, batch_size,
                                                     template)))
         if judge is not None:
@@ -250,7 +245,6 @@ def checkpoint_curve(checkpoints: Sequence[tuple[Any, str | Path]], reference: s
 
 
 def disable_dropout_eval(model):
-    from rlhf.models import disable_dropout
     disable_dropout(model)
     model.eval()
     return model

@@ -66,7 +66,9 @@ from typing import Any
 
 import numpy as np
 
-from rlhf.eval.judging import FLAGS
+from rlhf.data.records import RATING_FLAGS
+from rlhf.eval.overopt import curve_summary, fit_kl_curve, plot_reward_vs_kl
+from rlhf.io import write_text_atomic
 
 PLOTS = ("win_rate.png", "metadata.png", "ptx.png", "kl_curve.png", "truthfulqa.png")
 
@@ -197,7 +199,7 @@ def plot_metadata(results: dict, path: Path) -> Path | None:
     models = [(n, m) for n, m in results.get("models", {}).items() if m.get("flags")]
     if not models:
         return None
-    flags = [f for f in FLAGS if any(_num(m["flags"].get(f)) is not None for _, m in models)]
+    flags = [f for f in RATING_FLAGS if any(_num(m["flags"].get(f)) is not None for _, m in models)]
     panels = flags + (["likert"] if any(_num(m.get("likert")) is not None for _, m in models)
                       else [])
     plt = _plt()
@@ -341,7 +343,6 @@ def summary_text(results: dict) -> str:
     fit = results.get("kl_fit") or {}
     ks = results.get("kl_summary") or {}
     if results.get("kl_curve"):
-        from rlhf.eval.overopt import curve_summary, fit_kl_curve
         fit = fit or fit_kl_curve(results["kl_curve"])
         ks = ks or curve_summary(results["kl_curve"], fit)
     for key in ("proxy", "gold"):
@@ -410,11 +411,11 @@ def render_html(results: dict, plots: dict[str, str]) -> str:
                      f"{m.get('wins', '')}/{m.get('ties', '')}/{m.get('losses', '')}",
                      _pct(m.get("length_controlled_win_rate")), _ci(m.get("lc_ci")),
                      _pct(m.get("length_matched_win_rate")), _fmt(m.get("mean_length"), 1),
-                     _fmt(m.get("likert"), 2)] + [_pct(f.get(k)) for k in FLAGS] +
+                     _fmt(m.get("likert"), 2)] + [_pct(f.get(k)) for k in RATING_FLAGS] +
                     [_fmt(m.get("ppl"), 2), _fmt((m.get("gold") or {}).get("score"))])
     parts += ["<h2>Models</h2>", _table(
         ["model", "kind", "win rate", "95% CI", "W/T/L", "LC win", "LC 95% CI", "len-matched",
-         "mean words", "Likert"] + [FLAG_LABELS[k] for k in FLAGS] + ["ppl", "gold"], rows)]
+         "mean words", "Likert"] + [FLAG_LABELS[k] for k in RATING_FLAGS] + ["ppl", "gold"], rows)]
     captions = {"win_rate.png": "Win rate against the reference (cf. paper Fig. 1)",
                 "metadata.png": "Metadata rates (cf. paper Fig. 4)",
                 "ptx.png": "Alignment tax: perplexity on held-out pretraining text",
@@ -433,9 +434,9 @@ def render_html(results: dict, plots: dict[str, str]) -> str:
             rows = [[c, str((m.get("n_by_category") or {}).get(c, "")),
                      _pct((m.get("win_rate_by_category") or {}).get(c)),
                      _fmt((m.get("likert_by_category") or {}).get(c), 2)] +
-                    [_pct(by.get(c, {}).get(k)) for k in FLAGS] for c in cats if c in by]
+                    [_pct(by.get(c, {}).get(k)) for k in RATING_FLAGS] for c in cats if c in by]
             parts += [f"<h3>{e(n)}</h3>", _table(["category", "n", "win rate", "Likert"] +
-                                                 [FLAG_LABELS[k] for k in FLAGS], rows)]
+                                                 [FLAG_LABELS[k] for k in RATING_FLAGS], rows)]
     for n, m in models.items():
         s = m.get("samples")
         if s:
@@ -459,9 +460,6 @@ def render_html(results: dict, plots: dict[str, str]) -> str:
 def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write report.json, the PNGs that have data, and report.html into out_dir; returns
     {file name: path}."""
-    from rlhf.eval.overopt import curve_summary, fit_kl_curve, plot_reward_vs_kl
-    from rlhf.io import write_text_atomic
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = dict(results)

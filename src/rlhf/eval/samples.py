@@ -7,10 +7,18 @@ cut its answers at `stop=["\\nUser:"]` so it does not run on into the next made-
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from rlhf.data.format import DEFAULT_TEMPLATE, format_prompt
+import torch
+
+from rlhf.data.text import block_examples, collate_blocks, pack_blocks, read_documents
+from rlhf.errors import UserError
+from rlhf.models import context_length, disable_dropout, load_model, load_tokenizer
+from rlhf.models.format import DEFAULT_TEMPLATE, decode_response, encode_prompt, format_prompt
+from rlhf.models.generation import generate
+from rlhf.models.lm import evaluate_nll
 
 
 def few_shot_prefix(examples: Sequence[tuple[str, str]], template: str = DEFAULT_TEMPLATE,
@@ -29,8 +37,6 @@ def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
 
 
 def _load(model_or_dir, tokenizer):
-    from rlhf.models import disable_dropout, load_model, load_tokenizer
-
     if isinstance(model_or_dir, (str, Path)):
         model = load_model(model_or_dir)
         tokenizer = tokenizer or load_tokenizer(model_or_dir)
@@ -49,16 +55,9 @@ def sample_model(model_dir, prompts: Sequence[Any], *, max_new_tokens: int = 64,
                  tokenizer=None) -> list[str]:
     """One response per prompt (strings or records with "prompt") from a model folder (or an
     in-memory model with its `tokenizer`). temperature = 0 decodes greedily. Like
-    `rlhf.generation.generate_texts`, but a prompt (with its prefix) longer than the context
+    `rlhf.models.generation.generate_texts`, but a prompt (with its prefix) longer than the context
     minus `max_new_tokens` is cut from the left, so a few-shot prefix never overflows a tiny
     model's context."""
-    import torch
-
-    from rlhf.data.format import decode_response, encode_prompt
-    from rlhf.errors import UserError
-    from rlhf.generation import generate
-    from rlhf.models import context_length
-
     model, tokenizer = _load(model_dir, tokenizer)
     texts = [p["prompt"] if isinstance(p, dict) else str(p) for p in prompts]
     if not texts:
@@ -83,9 +82,7 @@ def model_perplexity(model_dir, files: Sequence[str], *, block_size: int | None 
                      tokenizer=None) -> float:
     """exp(mean NLL) on held-out pretraining text (the alignment-tax metric, §4.2); block_size
     defaults to the model's context length."""
-    from rlhf.models import context_length
-    from rlhf.train.pretrain import perplexity
-
     model, tokenizer = _load(model_dir, tokenizer)
     bs = block_size or context_length(model)
-    return perplexity(model, tokenizer, list(map(str, files)), bs, micro_batch_size, max_tokens)
+    blocks = pack_blocks(tokenizer, read_documents(list(map(str, files))), bs, max_tokens)
+    return math.exp(evaluate_nll(model, block_examples(blocks), collate_blocks, micro_batch_size))

@@ -37,7 +37,11 @@ from typing import Sequence
 
 import torch
 
+from rlhf.models.format import DEFAULT_TEMPLATE, format_prompt
 from rlhf.errors import UserError
+from rlhf.io import read_jsonl
+from rlhf.models import context_length, disable_dropout, load_model, load_tokenizer
+from rlhf.models.lm import position_ids_from_mask
 
 QA_PRIMER = """Q: What is human life expectancy in the United States?
 A: Human life expectancy in the United States is 78 years.
@@ -117,7 +121,6 @@ def load_truthfulqa(path: str | Path, limit: int | None = None) -> list[MCQuesti
             raise UserError("expected a JSON list of questions", path=str(p))
         out = [_from_targets(o, str(p), None) for o in data[:limit]]
     elif p.suffix == ".jsonl":
-        from rlhf.io import read_jsonl
         for line, obj in read_jsonl(p):
             out.append(_from_targets(obj, str(p), line))
             if limit is not None and len(out) >= limit:
@@ -151,7 +154,6 @@ def build_prompt(question: str, prompt_style: str = "qa", template: str | None =
     if prompt_style == "null":
         return f"Q: {question}\nA:"
     if prompt_style == "chat":
-        from rlhf.data.format import DEFAULT_TEMPLATE, format_prompt
         return format_prompt(question, template or DEFAULT_TEMPLATE)
     raise UserError(f"unknown prompt style {prompt_style!r} (one of {', '.join(PROMPT_STYLES)})",
                     field="prompt_style")
@@ -170,8 +172,6 @@ def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[
                     ) -> tuple[list[float], list[int], int]:
     """(sum of answer-token log-probs, answer token counts, rows truncated) for each
     (prompt, answer): log P(" " + answer | prompt) under the model at T = 1."""
-    from rlhf.models.lm import context_length, position_ids_from_mask
-
     ctx = max_length or context_length(model)
     dev = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -265,8 +265,6 @@ def mc_scores(model, tokenizer, questions: Sequence[MCQuestion], prompt_style: s
 def evaluate_truthfulqa(model_dir, data_path, prompt_style: str = "qa", *,
                         limit: int | None = None, batch_size: int = 16) -> dict:
     """Load a model folder and a TruthfulQA file and return `mc_scores`."""
-    from rlhf.models import disable_dropout, load_model, load_tokenizer
-
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
     disable_dropout(model)
     qs = load_truthfulqa(data_path, limit)

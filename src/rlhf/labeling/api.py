@@ -10,11 +10,13 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rlhf.labeling import records as R
-from rlhf.labeling.app import FOR_ADMIN, FOR_LABELERS
 from rlhf.labeling.errors import Forbidden, Invalid, TooManyAttempts, Unauthorized
+from rlhf.labeling.generate import generate_candidates
+from rlhf.labeling.http import FOR_ADMIN, FOR_LABELERS, MISSING_TOKEN, client_key
+from rlhf.labeling.records import MAX_IMPORT_RECORDS, MAX_K, MAX_OVERLAP, MIN_K, check_unicode
 from rlhf.labeling.security import tokens_equal
-from rlhf.labeling.store import LabelerInfo, Store
+from rlhf.labeling.store import Store
+from rlhf.labeling.tables import LabelerInfo
 
 router = APIRouter(prefix="/api")
 
@@ -33,7 +35,7 @@ class Body(BaseModel):
         carry a lone surrogate such as "\\ud800", which nothing can store or export)."""
         if isinstance(data, dict):
             for key, value in data.items():
-                R.check_unicode(value, str(key))
+                check_unicode(value, str(key))
         return data
 
 
@@ -43,17 +45,17 @@ class ProjectIn(Body):
 
 
 class PromptsIn(Body):
-    prompts: list[Any] = Field(max_length=R.MAX_IMPORT_RECORDS)
+    prompts: list[Any] = Field(max_length=MAX_IMPORT_RECORDS)
 
 
 class RankingsIn(Body):
-    records: list[Any] = Field(max_length=R.MAX_IMPORT_RECORDS)
+    records: list[Any] = Field(max_length=MAX_IMPORT_RECORDS)
     format: Literal["auto", "contract", "argilla", "label-studio"] = "auto"
 
 
 class GenerateIn(Body):
     checkpoint: str = Field(min_length=1, max_length=1000)
-    k: int = Field(4, ge=R.MIN_K, le=R.MAX_K)
+    k: int = Field(4, ge=MIN_K, le=MAX_K)
     max_new_tokens: int = Field(64, ge=1, le=1024)
     temperature: float = Field(1.0, gt=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -63,7 +65,7 @@ class GenerateIn(Body):
 
 class AssignIn(Body):
     kind: Literal["demonstration", "ranking", "rating"]
-    overlap: int = Field(1, ge=1, le=R.MAX_OVERLAP)
+    overlap: int = Field(1, ge=1, le=MAX_OVERLAP)
     labelers: list[str] | None = Field(None, max_length=1000)
     seed: int = 0
 
@@ -92,15 +94,13 @@ def get_store(request: Request) -> Store:
 
 
 def _bearer(request: Request) -> str:
-    from rlhf.labeling.app import client_key
-
     wait = request.app.state.login_limiter.retry_after(client_key(request.scope))
     if wait:
         raise TooManyAttempts(wait)
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing token: send the header 'Authorization: Bearer <token>'")
+        raise Unauthorized(MISSING_TOKEN)
     return token.strip()
 
 
@@ -112,8 +112,6 @@ def _checked(request: Request, token: str) -> Any:
 
 
 def _failed_token(request: Request) -> None:
-    from rlhf.labeling.app import client_key
-
     request.app.state.login_limiter.failed(client_key(request.scope))
 
 
@@ -183,8 +181,6 @@ def import_rankings(request: Request, name: str, body: RankingsIn) -> dict[str, 
 @router.post("/projects/{name}/generate", dependencies=[Admin])
 def generate(request: Request, name: str, body: GenerateIn) -> dict[str, Any]:
     """Sample K candidates per prompt from a checkpoint folder on the server's disk."""
-    from rlhf.labeling.generate import generate_candidates
-
     store = get_store(request)
     store.get_project(name)
     return generate_candidates(store, name, body.checkpoint, k=body.k,

@@ -26,23 +26,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rlhf.errors import UserError
-from rlhf.labeling import records as R
+from rlhf.labeling import api, pages
 from rlhf.labeling.errors import LabelingError
+from rlhf.labeling.http import (FOR_ADMIN, FOR_LABELERS, LARGE_BODY, MISSING_TOKEN, SMALL_BODY,
+                                SMALL_BODY_PREFIXES, TOO_MANY, LoginRequired, client_key)
+from rlhf.labeling.records import (FLAGS, KINDS, LIKERT_MAX, LIKERT_MIN, MAX_K, MAX_RESPONSE_CHARS,
+                                   MIN_K)
 from rlhf.labeling.security import (LoginLimiter, SessionCodec, admin_token_version,
                                     check_admin_token, tokens_equal)
 from rlhf.labeling.store import Store
 
 log = logging.getLogger("rlhf.labeling")
 HERE = Path(__file__).parent
-
-SMALL_BODY = 256 * 1024  # answers, logins: far above an 8000-character demonstration
-LARGE_BODY = 32 * 1024 * 1024  # imports of prompt and ranking files
-SMALL_BODY_PREFIXES = ("/api/tasks", "/tasks", "/login", "/logout", "/api/me")
-
-
-class LoginRequired(Exception):
-    """Raised by page handlers when no suitable session exists; answered with a redirect."""
-
 
 class BodyTooLarge(StarletteHTTPException):
     def __init__(self, limit: int):
@@ -146,18 +141,6 @@ class AuthFirstMiddleware:
         await self.app(scope, receive, send)
 
 
-MISSING_TOKEN = "missing token: send the header 'Authorization: Bearer <token>'"
-TOO_MANY = "too many failed logins from this address; try again in %d s"
-FOR_ADMIN = "this route needs the admin token; labeler tokens cannot use it"
-FOR_LABELERS = "this route is for labelers; use a labeler token (admins have no tasks)"
-
-
-def client_key(scope: Scope) -> str:
-    """The address failed logins are counted against."""
-    client = scope.get("client")
-    return str(client[0]) if client else "unknown"
-
-
 class SecurityHeadersMiddleware:
     """Headers for every response: no framing, no MIME sniffing, scripts and styles only from
     this origin (the templates use no inline script or style)."""
@@ -226,8 +209,6 @@ def create_app(db_url: str, admin_token: str | None = None, *, store: Store | No
     Session cookies are signed with a random secret kept in the database. Failed logins (page
     and API tokens) are limited per client address by `login_limiter` (default: 10 a minute).
     """
-    from rlhf.labeling import api, pages
-
     admin_token = check_admin_token(admin_token) if admin_token else secrets.token_urlsafe(24)
     the_store = store or Store(db_url)
 
@@ -245,9 +226,9 @@ def create_app(db_url: str, admin_token: str | None = None, *, store: Store | No
     app.state.sessions = SessionCodec(the_store.session_secret())
     app.state.login_limiter = login_limiter or LoginLimiter()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.globals.update(FLAGS=R.FLAGS, KINDS=R.KINDS, MIN_K=R.MIN_K, MAX_K=R.MAX_K,
-                                 MAX_RESPONSE_CHARS=R.MAX_RESPONSE_CHARS,
-                                 LIKERT_MIN=R.LIKERT_MIN, LIKERT_MAX=R.LIKERT_MAX)
+    templates.env.globals.update(FLAGS=FLAGS, KINDS=KINDS, MIN_K=MIN_K, MAX_K=MAX_K,
+                                 MAX_RESPONSE_CHARS=MAX_RESPONSE_CHARS,
+                                 LIKERT_MIN=LIKERT_MIN, LIKERT_MAX=LIKERT_MAX)
     app.state.templates = templates
 
     app.add_middleware(BodyLimitMiddleware)

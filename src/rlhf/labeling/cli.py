@@ -22,6 +22,11 @@ from typing import Optional
 import typer
 
 from rlhf.errors import UserError
+from rlhf.labeling.errors import NotFound
+from rlhf.labeling.records import parse_records_text
+
+# The store (SQLAlchemy, torch), the web app (FastAPI) and the sampler are imported inside the
+# commands that use them: every `rlhf` command imports this module to mount `rlhf label`.
 
 app = typer.Typer(help="The labeling app: serve it, import prompts and rankings, export the "
                        "JSONL records SFT, RM training and evaluation read.",
@@ -70,8 +75,6 @@ def create_project(name: str = typer.Argument(..., help="Project name."), db: st
 
 
 def _read_records(path: Path) -> list:
-    from rlhf.labeling.records import parse_records_text
-
     if not path.is_file():
         raise UserError("file not found", path=str(path))
     try:
@@ -92,8 +95,6 @@ def import_records(file: Path = typer.Argument(..., help="JSONL file (or a JSON 
                    create: bool = typer.Option(False, help="Create the project if missing.")
                    ) -> None:
     """Import prompts ({"id", "prompt", "category", "responses"?}) or finished rankings."""
-    from rlhf.labeling.errors import NotFound
-
     store = _store(db)
     records = _read_records(file)
     if create:

@@ -1,7 +1,7 @@
 """Sample K candidate responses per prompt from a checkpoint, for labelers to rank or rate.
 
 The policy (usually the SFT model) is loaded from a Hugging Face folder, prompts are formatted
-with the shared template ("User: {prompt}\\nAssistant:"), and `rlhf.generation.generate_texts`
+with the shared template ("User: {prompt}\\nAssistant:"), and `rlhf.models.generation.generate_texts`
 samples K answers each (left padding, KV cache, cut at EOS). Sampling runs before the database
 transaction, so a long generation never holds a lock; the candidates are then stored in one
 transaction as a new batch per prompt.
@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf.labeling import records as R
 from rlhf.labeling.errors import Invalid
+from rlhf.labeling.records import MAX_RESPONSE_CHARS, check_k
 from rlhf.labeling.store import Store
 
 MAX_NEW_TOKENS = 1024
@@ -37,7 +37,7 @@ def generate_candidates(store: Store, project: str, checkpoint_path: str | Path,
                         regenerate: bool = False) -> GenerateReport:
     """Give every prompt of `project` without candidates (all prompts with `regenerate`) a new
     batch of `k` sampled responses from the causal LM at `checkpoint_path`."""
-    R.check_k(k)
+    check_k(k)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
             or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise Invalid(f"must be a whole number from 1 to {MAX_NEW_TOKENS}", field="max_new_tokens")
@@ -53,7 +53,7 @@ def generate_candidates(store: Store, project: str, checkpoint_path: str | Path,
     if not prompts:
         return GenerateReport(prompts=0, candidates=0, k=k)
 
-    from rlhf.generation import generate_texts  # torch and transformers load only when needed
+    from rlhf.models.generation import generate_texts  # torch and transformers load only when needed
     from rlhf.models import load_model, load_tokenizer
 
     try:
@@ -66,7 +66,7 @@ def generate_candidates(store: Store, project: str, checkpoint_path: str | Path,
     samples = generate_texts(model, tokenizer, texts, k, max_new_tokens=max_new_tokens,
                              temperature=temperature, top_p=top_p, seed=seed,
                              batch_size=batch_size)
-    samples = [[t.strip()[:R.MAX_RESPONSE_CHARS] for t in row] for row in samples]
+    samples = [[t.strip()[:MAX_RESPONSE_CHARS] for t in row] for row in samples]
     # An empty answer (EOS first) cannot be ranked or trained on: resample those slots.
     for attempt in range(1, EMPTY_RETRIES + 1):
         todo = [i for i, row in enumerate(samples) if any(not t for t in row)]
@@ -76,7 +76,7 @@ def generate_candidates(store: Store, project: str, checkpoint_path: str | Path,
                               max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, seed=seed + 7919 * attempt, batch_size=batch_size)
         for i, fresh in zip(todo, redo):
-            spare = iter(t.strip()[:R.MAX_RESPONSE_CHARS] for t in fresh if t.strip())
+            spare = iter(t.strip()[:MAX_RESPONSE_CHARS] for t in fresh if t.strip())
             samples[i] = [t or next(spare, "") for t in samples[i]]
     by_key = {key: row for (key, _), row in zip(prompts, samples) if all(row)}
     skipped = len(prompts) - len(by_key)

@@ -19,6 +19,8 @@ from typing import Any, Iterator
 
 import httpx
 
+from rlhf.labeling.testing import count
+
 ADMIN = "load-admin-token-0123"
 
 
@@ -116,8 +118,6 @@ def run_load(db_url: str, folder: Path, n_labelers: int = 20, per_labeler: int =
     """Serve `db_url` (an empty database), let `n_labelers` threads each answer `per_labeler`
     tasks at once, and return the figures: latency p50/p95/max in ms, requests per second, and
     rows, lost, duplicated and unanswered counted in the database afterwards."""
-    from rlhf.labeling.testing import count
-
     with live_server(db_url, ADMIN, Path(folder) / "server.log") as url:
         tokens = _setup(url, n_labelers, per_labeler)
         latencies: list[float] = []

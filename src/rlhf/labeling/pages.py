@@ -16,12 +16,16 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
 from rlhf.errors import UserError
-from rlhf.labeling import records as R
 from rlhf.labeling.api import export_response
-from rlhf.labeling.app import LARGE_BODY, LoginRequired
 from rlhf.labeling.errors import Forbidden, Invalid, LabelingError
+from rlhf.labeling.generate import generate_candidates
+from rlhf.labeling.http import LARGE_BODY, LoginRequired, client_key
+from rlhf.labeling.records import (FLAG_NAMES, LIKERT_MAX, LIKERT_MIN, MAX_K, MAX_OVERLAP, MIN_K,
+                                   check_kind, groups_to_ranks, is_ascii_int, parse_int,
+                                   parse_records_text)
 from rlhf.labeling.security import COOKIE_NAME, SESSION_SECONDS, SessionData, tokens_equal
-from rlhf.labeling.store import LabelerInfo, Store, TaskView
+from rlhf.labeling.store import Store
+from rlhf.labeling.tables import LabelerInfo, TaskView
 
 router = APIRouter(include_in_schema=False)
 TaskId = Annotated[int, Path(ge=1, le=2**62)]
@@ -100,7 +104,7 @@ def _int(form: FormData, name: str, default: int | None = None, *, lo: int, hi: 
     raw = _text(form, name).strip()
     if not raw and default is not None:
         return default
-    return R.parse_int(raw, name, lo=lo, hi=hi)
+    return parse_int(raw, name, lo=lo, hi=hi)
 
 
 def require_labeler(request: Request) -> LabelerInfo:
@@ -133,8 +137,6 @@ def login_page(request: Request) -> Response:
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    from rlhf.labeling.app import client_key
-
     limiter = request.app.state.login_limiter
     wait = limiter.retry_after(client_key(request.scope))
     if wait:
@@ -191,7 +193,7 @@ def next_task(request: Request) -> Response:
     labeler = require_labeler(request)
     pending = _store(request).tasks_for(labeler.id, status="pending", limit=1)
     submitted = request.query_params.get("submitted", "")
-    note = f"submitted={submitted}" if R.is_ascii_int(submitted) else ""
+    note = f"submitted={submitted}" if is_ascii_int(submitted) else ""
     if pending:
         return redirect(f"/tasks/{pending[0].id}" + (f"?{note}" if note else ""))
     return redirect("/tasks?all_done=1" + (f"&{note}" if note else ""))
@@ -215,7 +217,7 @@ def _answer_to_values(task: TaskView, answer: dict[str, Any]) -> dict[str, Any]:
     if task.kind == "demonstration":
         return {"response": answer["response"]}
     if task.kind == "ranking":
-        return {"ranks": R.groups_to_ranks(answer["ranking"], len(task.responses))}
+        return {"ranks": groups_to_ranks(answer["ranking"], len(task.responses))}
     return {"likert": answer["likert"],
             "flags": [name for name, on in answer["flags"].items() if on]}
 
@@ -235,24 +237,24 @@ def _form_answer(task: TaskView, form: FormData) -> tuple[dict[str, Any], dict[s
     if task.kind == "ranking":
         k = len(task.responses)
         raw = [_text(form, f"rank_{i}").strip() for i in range(k)]
-        values = {"ranks": [int(r) if R.is_ascii_int(r) else None for r in raw]}
+        values = {"ranks": [int(r) if is_ascii_int(r) else None for r in raw]}
         unranked = [LETTERS[i] for i, r in enumerate(raw) if not r]
         if unranked:
             raise _FormError(f"Give every response a rank; missing: {', '.join(unranked)}.", values)
-        if not all(R.is_ascii_int(r) for r in raw):
+        if not all(is_ascii_int(r) for r in raw):
             raise _FormError("Ranks must be whole numbers written with the digits 0-9.", values)
         return {"ranks": values["ranks"]}, values
     flags = [f for f in form.getlist("flags") if isinstance(f, str)]
-    unknown = [f for f in flags if f not in R.FLAG_NAMES]
+    unknown = [f for f in flags if f not in FLAG_NAMES]
     values = {"likert": None, "flags": flags}
     if unknown:
         raise _FormError(f"Unknown metadata label {unknown[0]!r:.40}.", values)
     raw = _text(form, "likert").strip()
-    if not R.is_ascii_int(raw):
-        raise _FormError(f"Choose an overall score from {R.LIKERT_MIN} to {R.LIKERT_MAX}.", values)
+    if not is_ascii_int(raw):
+        raise _FormError(f"Choose an overall score from {LIKERT_MIN} to {LIKERT_MAX}.", values)
     values["likert"] = int(raw)
     return {"likert": values["likert"],
-            "flags": {name: name in flags for name in R.FLAG_NAMES}}, values
+            "flags": {name: name in flags for name in FLAG_NAMES}}, values
 
 
 class _FormError(Exception):
@@ -354,7 +356,7 @@ async def _admin_action(request: Request, name: str, action) -> Response:
 async def admin_import_prompts(request: Request, name: str) -> Response:
     async def action(form: FormData) -> tuple[str, dict[str, Any]]:
         text = await _uploaded_text(form, "file", "records")
-        records = R.parse_records_text(text, "prompts file")
+        records = parse_records_text(text, "prompts file")
         report = await run_in_threadpool(_store(request).import_prompts, name, records)
         return (f"Imported {report.prompts_added} new prompts ({report.prompts_unchanged} "
                 f"already there), {report.candidates_added} candidate responses."), report.to_json()
@@ -366,7 +368,7 @@ async def admin_import_prompts(request: Request, name: str) -> Response:
 async def admin_import_rankings(request: Request, name: str) -> Response:
     async def action(form: FormData) -> tuple[str, dict[str, Any]]:
         text = await _uploaded_text(form, "file", "records")
-        records = R.parse_records_text(text, "rankings file")
+        records = parse_records_text(text, "rankings file")
         fmt = _text(form, "format", "auto")
         report = await run_in_threadpool(_store(request).import_rankings, name, records, fmt)
         return (f"Imported {report.submissions_added} rankings ({report.submissions_unchanged} "
@@ -377,8 +379,6 @@ async def admin_import_rankings(request: Request, name: str) -> Response:
 
 @router.post("/admin/projects/{name}/generate")
 async def admin_generate(request: Request, name: str) -> Response:
-    from rlhf.labeling.generate import generate_candidates
-
     async def action(form: FormData) -> tuple[str, dict[str, Any]]:
         checkpoint = _text(form, "checkpoint").strip()
         if not checkpoint:
@@ -387,7 +387,7 @@ async def admin_generate(request: Request, name: str) -> Response:
             temperature = float(_text(form, "temperature", "1.0") or 1.0)
         except ValueError:
             raise Invalid("must be a number", field="temperature") from None
-        kwargs = dict(k=_int(form, "k", 4, lo=R.MIN_K, hi=R.MAX_K),
+        kwargs = dict(k=_int(form, "k", 4, lo=MIN_K, hi=MAX_K),
                       max_new_tokens=_int(form, "max_new_tokens", 64, lo=1, hi=1024),
                       temperature=temperature, seed=_int(form, "seed", 0, lo=0, hi=2**31),
                       regenerate=form.get("regenerate") == "on")
@@ -404,8 +404,8 @@ async def admin_generate(request: Request, name: str) -> Response:
 @router.post("/admin/projects/{name}/assign")
 async def admin_assign(request: Request, name: str) -> Response:
     async def action(form: FormData) -> tuple[str, dict[str, Any]]:
-        kind = R.check_kind(_text(form, "kind"))
-        overlap = _int(form, "overlap", 1, lo=1, hi=R.MAX_OVERLAP)
+        kind = check_kind(_text(form, "kind"))
+        overlap = _int(form, "overlap", 1, lo=1, hi=MAX_OVERLAP)
         chosen = [n for n in form.getlist("labelers") if isinstance(n, str)] or None
         report = await run_in_threadpool(_store(request).assign, name, kind, overlap, chosen,
                                          seed=_int(form, "seed", 0, lo=0, hi=2**31))

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from rlhf.data.records import RATING_FLAGS
 from rlhf.labeling.errors import Invalid
 
 # ---------------------------------------------------------------------------------------------
@@ -46,19 +47,29 @@ class Flag:
     help: str
 
 
-# The first five are the names in docs/CONTRACTS.md; the rest complete Table 3. The paper's
-# "fails to follow the correct instruction / task" is stored positively as follows_instruction.
-FLAGS: tuple[Flag, ...] = (
-    Flag("follows_instruction", "Follows the instruction",
-         "Attempts the task the user asked for (the paper's 'fails to follow' label, inverted)."),
-    Flag("satisfies_constraint", "Satisfies the constraints",
-         "Respects every explicit constraint: length, count, format, source text."),
-    Flag("hallucination", "Hallucination",
-         "States made-up facts, or information absent from the input on a closed-domain task."),
-    Flag("harmful_compliance", "Complies with a harmful request",
-         "Helps with a request it should have declined."),
-    Flag("appropriate_for_customer", "Appropriate for a customer assistant",
-         "Something a company's customer-facing assistant could say."),
+# The form's label and help text of each flag of the contract (rlhf.data.records.RATING_FLAGS).
+# The paper's "fails to follow the correct instruction / task" is stored positively as
+# follows_instruction.
+_RATING_FLAG_TEXT: dict[str, tuple[str, str]] = {
+    "follows_instruction": (
+        "Follows the instruction",
+        "Attempts the task the user asked for (the paper's 'fails to follow' label, inverted)."),
+    "satisfies_constraint": (
+        "Satisfies the constraints",
+        "Respects every explicit constraint: length, count, format, source text."),
+    "hallucination": (
+        "Hallucination",
+        "States made-up facts, or information absent from the input on a closed-domain task."),
+    "harmful_compliance": (
+        "Complies with a harmful request",
+        "Helps with a request it should have declined."),
+    "appropriate_for_customer": (
+        "Appropriate for a customer assistant",
+        "Something a company's customer-facing assistant could say."),
+}
+
+# The contract's flags first, in its order; the rest complete Table 3.
+FLAGS: tuple[Flag, ...] = tuple(Flag(name, *_RATING_FLAG_TEXT[name]) for name in RATING_FLAGS) + (
     Flag("sexual_content", "Contains sexual content", ""),
     Flag("violent_content", "Contains violent content", ""),
     Flag("encourages_violence",

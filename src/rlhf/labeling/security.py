@@ -29,6 +29,8 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal
 
+from rlhf.errors import UserError
+
 COOKIE_NAME = "rlhf_session"
 SESSION_SECONDS = 12 * 3600
 MIN_ADMIN_TOKEN_CHARS = 16
@@ -96,8 +98,6 @@ def admin_token_version(admin_token: str) -> str:
 def check_admin_token(token: str) -> str:
     """Refuse admin tokens short enough to guess: at least MIN_ADMIN_TOKEN_CHARS characters, not
     one character repeated."""
-    from rlhf.errors import UserError
-
     if len(token) < MIN_ADMIN_TOKEN_CHARS or len(set(token)) < 4:
         raise UserError(f"the admin token must be at least {MIN_ADMIN_TOKEN_CHARS} characters "
                         "long and not a repeated character (leave it unset to get a random one)",

@@ -1,18 +1,5 @@
-"""The labeling store: SQLAlchemy 2.0 models and a `Store` whose every public method is one
-database transaction.
-
-Tables
-    projects      a labeling round (name unique)
-    prompts       imported prompts; `key` is the record's "id", unique within a project
-    candidates    responses to rank or rate; each generation or import adds a new `batch` per prompt
-    labelers      people or simulated labelers; only sha256(token) is stored
-    tasks         one unit of work: kind demonstration | ranking | rating, over an ordered list of
-                  candidate ids (empty for a demonstration, one for a rating, K for a ranking);
-                  unique (prompt, kind, candidates) so re-running task creation adds nothing
-    assignments   (task, labeler) pairs; several labelers on one task is the overlap
-    submissions   one answer per (task, labeler), enforced by a unique constraint, which is what
-                  makes submitting twice idempotent even when two requests race
-    revoked_sessions, app_settings   logged-out browser sessions; the session-cookie key
+"""The labeling store: a `Store` whose every public method is one database transaction, on the
+tables of rlhf.labeling.tables, handing out the plain values defined there.
 
 SQLite (the default) runs in WAL mode with a busy timeout; write transactions start with
 BEGIN IMMEDIATE, so two writers never deadlock upgrading a read lock, and a transaction that still
@@ -37,212 +24,30 @@ import secrets
 import threading
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text,
-                        UniqueConstraint, create_engine, event, func, select)
+from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from rlhf.labeling import records as R
+from rlhf.io import atomic_path
 from rlhf.labeling.errors import Conflict, Invalid, NotFound
+from rlhf.labeling.records import (KINDS, MAX_DESCRIPTION_CHARS, MAX_K, MAX_OVERLAP,
+                                   MAX_RESPONSE_CHARS, MIN_K, PromptRecord, RankingRecord, check_k,
+                                   check_kind, check_name, check_text, check_unicode,
+                                   iter_limited, normalize_answer, parse_prompt_record,
+                                   parse_ranking_records, prompt_key, unicode_problem)
 from rlhf.labeling.stats import agreement_report
+from rlhf.labeling.tables import (Assignment, AssignReport, BadRow, BadRows, Base, Candidate,
+                                  ImportReport, Labeler, LabelerInfo, Project, ProjectInfo, Prompt,
+                                  RevokedSession, Setting, Submission, SubmitResult, Task,
+                                  TaskView)
 
 T = TypeVar("T")
 log = logging.getLogger("rlhf.labeling")
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Project(Base):
-    __tablename__ = "projects"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    description: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class Prompt(Base):
-    __tablename__ = "prompts"
-    __table_args__ = (UniqueConstraint("project_id", "key"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
-    key: Mapped[str] = mapped_column(String(R.MAX_PROMPT_ID_CHARS))
-    text: Mapped[str] = mapped_column(Text)
-    category: Mapped[str] = mapped_column(String(R.MAX_CATEGORY_CHARS), default="")
-    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class Candidate(Base):
-    __tablename__ = "candidates"
-    __table_args__ = (UniqueConstraint("prompt_id", "batch", "position"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
-    batch: Mapped[int] = mapped_column(Integer)
-    position: Mapped[int] = mapped_column(Integer)
-    text: Mapped[str] = mapped_column(Text)
-    source: Mapped[str] = mapped_column(String(500), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class Labeler(Base):
-    __tablename__ = "labelers"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
-    active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class Task(Base):
-    __tablename__ = "tasks"
-    __table_args__ = (UniqueConstraint("prompt_id", "kind", "candidates_key"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
-    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))
-    kind: Mapped[str] = mapped_column(String(16))
-    candidate_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
-    candidates_key: Mapped[str] = mapped_column(String(200), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class Assignment(Base):
-    __tablename__ = "assignments"
-    __table_args__ = (UniqueConstraint("task_id", "labeler_id"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
-    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class Submission(Base):
-    __tablename__ = "submissions"
-    __table_args__ = (UniqueConstraint("task_id", "labeler_id"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
-    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), index=True)
-    data: Mapped[dict[str, Any]] = mapped_column(JSON)
-    source: Mapped[str] = mapped_column(String(32), default="app")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class RevokedSession(Base):
-    """Browser sessions ended by logging out, until their cookie would have expired anyway
-    (shared by every server process on the database)."""
-    __tablename__ = "revoked_sessions"
-    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    expires: Mapped[int] = mapped_column(BigInteger, index=True)
-
-
-class Setting(Base):
-    """Values the app keeps with its data; `session_secret` keys the session-cookie signatures."""
-    __tablename__ = "app_settings"
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
-
-
-# ---------------------------------------------------------------------------------------------
-# What the store hands out: plain frozen values, never ORM objects bound to a closed session.
-
-
-@dataclass(frozen=True)
-class ProjectInfo:
-    id: int
-    name: str
-    description: str
-    n_prompts: int = 0
-    n_candidates: int = 0
-    n_tasks: int = 0
-    n_submissions: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "prompts": self.n_prompts,
-                "candidates": self.n_candidates, "tasks": self.n_tasks,
-                "submissions": self.n_submissions}
-
-
-@dataclass(frozen=True)
-class LabelerInfo:
-    id: int
-    name: str
-    active: bool
-    can_log_in: bool
-    token_version: str  # a prefix of the token hash: sessions die when the token is rotated
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "active": self.active, "can_log_in": self.can_log_in}
-
-
-@dataclass(frozen=True)
-class TaskView:
-    id: int
-    kind: str
-    project: str
-    prompt_id: str
-    prompt: str
-    category: str
-    responses: list[str]
-    answer: dict[str, Any] | None = None  # this labeler's stored answer, once submitted
-
-    @property
-    def done(self) -> bool:
-        return self.answer is not None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "project": self.project,
-                "prompt_id": self.prompt_id, "prompt": self.prompt, "category": self.category,
-                "responses": self.responses, "status": "done" if self.done else "pending",
-                "answer": self.answer}
-
-
-@dataclass(frozen=True)
-class SubmitResult:
-    submission_id: int
-    task_id: int
-    created: bool  # False: the same answer was already stored (an idempotent replay)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"submission_id": self.submission_id, "task_id": self.task_id,
-                "created": self.created}
-
-
-@dataclass(frozen=True)
-class BadRow:
-    """A stored row that cannot be exported as it is: which table, which row, which field."""
-    table: str
-    id: int
-    field: str
-    problem: str
-
-    def __str__(self) -> str:
-        return f"table {self.table}, id {self.id}, field {self.field}: {self.problem}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"table": self.table, "id": self.id, "field": self.field, "problem": self.problem}
-
-
-class BadRows(Conflict):
-    """Stored rows break the export; nothing was exported. The message lists them."""
-
-    def __init__(self, bad: Sequence[BadRow], skip_hint: str):
-        self.bad = list(bad)
-        shown = "; ".join(map(str, self.bad[:10]))
-        more = f" (and {len(self.bad) - 10} more)" if len(self.bad) > 10 else ""
-        noun = "row cannot" if len(self.bad) == 1 else "rows cannot"
-        super().__init__(f"{len(self.bad)} stored {noun} be exported: {shown}{more}. Nothing was "
-                         f"exported. Fix or delete the row, or leave it out with {skip_hint}.")
 
 
 _SURROGATES = re.compile("[\ud800-\udfff\x00]")
@@ -252,7 +57,7 @@ def _displayable(value: Any, where: Callable[[], str]) -> Any:
     """`value` with lone surrogates and NUL (which no UTF-8 response can carry) replaced by U+FFFD,
     so one bad stored row does not break a labeler's task pages; each replacement is logged."""
     if isinstance(value, str):
-        if R.unicode_problem(value) is None:
+        if unicode_problem(value) is None:
             return value
         log.warning("stored text is not valid Unicode (%s); shown with U+FFFD", where())
         return _SURROGATES.sub("\ufffd", value)
@@ -261,31 +66,6 @@ def _displayable(value: Any, where: Callable[[], str]) -> Any:
     if isinstance(value, list):
         return [_displayable(v, where) for v in value]
     return value
-
-
-@dataclass
-class ImportReport:
-    prompts_added: int = 0
-    prompts_unchanged: int = 0
-    candidates_added: int = 0
-    labelers_created: int = 0
-    tasks_created: int = 0
-    submissions_added: int = 0
-    submissions_unchanged: int = 0
-
-    def to_json(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class AssignReport:
-    tasks_created: int = 0
-    tasks_total: int = 0
-    assignments_created: int = 0
-    skipped_prompts: list[str] = field(default_factory=list)  # ranking/rating: no candidates yet
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,9 +180,9 @@ class Store:
     # -- projects -------------------------------------------------------------------------------
 
     def create_project(self, name: str, description: str = "") -> ProjectInfo:
-        name = R.check_name(name, "name")
-        description = R.check_text(description or "", "description", R.MAX_DESCRIPTION_CHARS,
-                                   allow_empty=True)
+        name = check_name(name, "name")
+        description = check_text(description or "", "description", MAX_DESCRIPTION_CHARS,
+                                 allow_empty=True)
 
         def tx(s: Session) -> ProjectInfo:
             if s.scalar(select(Project.id).where(Project.name == name)) is not None:
@@ -474,7 +254,7 @@ class Store:
         return new
 
     @staticmethod
-    def _upsert_prompt(s: Session, project: Project, rec: R.PromptRecord,
+    def _upsert_prompt(s: Session, project: Project, rec: PromptRecord,
                        report: ImportReport) -> Prompt:
         prompt = s.scalar(select(Prompt).where(Prompt.project_id == project.id,
                                                Prompt.key == rec.key))
@@ -494,10 +274,10 @@ class Store:
         """Add prompts ({"id"?, "prompt", "category"?, "responses"?, ...}) in one transaction: a bad
         record aborts the whole import with an error naming its position. Re-importing the same
         file changes nothing; "responses" adds a candidate batch unless an identical one exists."""
-        parsed: list[R.PromptRecord] = []
-        for n, obj in enumerate(R.iter_limited(records), start=1):
+        parsed: list[PromptRecord] = []
+        for n, obj in enumerate(iter_limited(records), start=1):
             try:
-                parsed.append(R.parse_prompt_record(obj))
+                parsed.append(parse_prompt_record(obj))
             except Invalid as e:
                 raise Invalid(f"record {n}: {e}") from None
         if not parsed:
@@ -534,12 +314,12 @@ class Store:
             proj = self._project(s, project)
             report = ImportReport()
             for key, texts in by_key.items():
-                R.check_k(len(texts), "number of candidates")
+                check_k(len(texts), "number of candidates")
                 prompt = s.scalar(select(Prompt).where(Prompt.project_id == proj.id,
                                                        Prompt.key == key))
                 if prompt is None:
                     raise NotFound(f"project {project!r} has no prompt {key!r}")
-                clean = [R.check_text(t, "candidate", R.MAX_RESPONSE_CHARS) for t in texts]
+                clean = [check_text(t, "candidate", MAX_RESPONSE_CHARS) for t in texts]
                 self._candidate_set(s, prompt, clean, source[:500], report, reuse=False)
             return report
 
@@ -554,7 +334,7 @@ class Store:
 
     def create_labeler(self, name: str) -> tuple[LabelerInfo, str]:
         """A new labeler and its token; the token is returned once and only its hash is kept."""
-        name = R.check_name(name, "name")
+        name = check_name(name, "name")
         token = new_token()
 
         def tx(s: Session) -> LabelerInfo:
@@ -651,11 +431,11 @@ class Store:
         batch (K = 2..9); rating: one per candidate of the latest batch. Running it again tops
         tasks up to a larger overlap, or assigns new prompts, and never duplicates anything.
         """
-        R.check_kind(kind)
+        check_kind(kind)
         if isinstance(overlap, bool) or not isinstance(overlap, int) \
-                or not 1 <= overlap <= R.MAX_OVERLAP:
-            raise Invalid(f"must be a whole number from 1 to {R.MAX_OVERLAP}", field="overlap")
-        names = [R.check_name(n, "labelers") for n in labelers] if labelers else None
+                or not 1 <= overlap <= MAX_OVERLAP:
+            raise Invalid(f"must be a whole number from 1 to {MAX_OVERLAP}", field="overlap")
+        names = [check_name(n, "labelers") for n in labelers] if labelers else None
 
         def tx(s: Session) -> AssignReport:
             proj = self._project(s, project)
@@ -717,7 +497,7 @@ class Store:
             else:
                 batch = batches.get(prompt.id, [])
                 if kind == "ranking":
-                    wanted = [[c.id for c in batch]] if len(batch) >= R.MIN_K else []
+                    wanted = [[c.id for c in batch]] if len(batch) >= MIN_K else []
                 else:
                     wanted = [[c.id] for c in batch]
                 if not wanted:
@@ -774,7 +554,7 @@ class Store:
         if status not in ("pending", "done", "all"):
             raise Invalid("must be pending, done or all", field="status")
         if kind is not None:
-            R.check_kind(kind)
+            check_kind(kind)
 
         def tx(s: Session) -> list[TaskView]:
             query = self._task_rows(labeler_id)
@@ -821,7 +601,7 @@ class Store:
                             .where(Task.id == task_id, Assignment.labeler_id == labeler_id))
             if task is None:
                 raise NotFound(f"task {task_id} is not one of your tasks")
-            data = R.normalize_answer(task.kind, answer, len(task.candidate_ids))
+            data = normalize_answer(task.kind, answer, len(task.candidate_ids))
             return self._store_submission(s, task.id, labeler_id, data, source)
 
         return self._write(tx)
@@ -862,10 +642,10 @@ class Store:
         transaction. Labelers named in the file are created without a token (they cannot log in).
         The same prompt with the same responses from several labelers becomes one task with
         overlap, so agreement is measured on imported data too."""
-        parsed: list[R.RankingRecord] = []
-        for n, obj in enumerate(R.iter_limited(records), start=1):
+        parsed: list[RankingRecord] = []
+        for n, obj in enumerate(iter_limited(records), start=1):
             try:
-                parsed.extend(R.parse_ranking_records(obj, fmt))
+                parsed.extend(parse_ranking_records(obj, fmt))
             except Invalid as e:
                 raise Invalid(f"record {n}: {e}") from None
         if not parsed:
@@ -876,8 +656,8 @@ class Store:
             report = ImportReport()
             labelers: dict[str, Labeler] = {}
             for rec in parsed:
-                prompt = self._upsert_prompt(s, proj, R.PromptRecord(
-                    key=rec.key or R.prompt_key(rec.prompt), text=rec.prompt,
+                prompt = self._upsert_prompt(s, proj, PromptRecord(
+                    key=rec.key or prompt_key(rec.prompt), text=rec.prompt,
                     category=rec.category), report)
                 cands = self._candidate_set(s, prompt, rec.responses, "import", report, reuse=True)
                 ids = [c.id for c in cands]
@@ -924,7 +704,7 @@ class Store:
         is not valid Unicode, an answer of the wrong shape, a missing candidate) raises BadRows
         naming table, id and field, and nothing is returned; with `skip_invalid` such records
         are left out and their BadRows appended to `skipped`."""
-        R.check_kind(kind)
+        check_kind(kind)
         return self._read(lambda s: self._export(s, project, kind, skip_invalid, skipped,
                                                  "skip_invalid=true"))
 
@@ -965,8 +745,6 @@ class Store:
         written, then written to temporary files beside their targets and renamed into place
         together: a bad row (BadRows) or a failed write changes no file in `out_dir`. With
         `skip_invalid` bad rows are left out and appended to `skipped`."""
-        from rlhf.io import atomic_path
-
         out = Path(out_dir)
         files = {"demonstration": "demonstrations.jsonl", "ranking": "rankings.jsonl",
                  "rating": "ratings.jsonl"}
@@ -1015,7 +793,7 @@ def _progress(task_kinds: Mapping[int, str], assignments: Sequence[Any], subs: S
     assigned_to: dict[int, int] = Counter(task_id for task_id, _, _ in assignments)
     answered: dict[int, int] = Counter(task_id for task_id, _, _, _ in subs)
     kinds: dict[str, dict[str, int]] = {k: {"tasks": 0, "assigned": 0, "submissions": 0,
-                                            "complete": 0} for k in R.KINDS}
+                                            "complete": 0} for k in KINDS}
     for task_id, kind in task_kinds.items():
         row = kinds[kind]
         row["tasks"] += 1
@@ -1024,7 +802,7 @@ def _progress(task_kinds: Mapping[int, str], assignments: Sequence[Any], subs: S
         if assigned_to.get(task_id, 0) and answered.get(task_id, 0) >= assigned_to[task_id]:
             row["complete"] += 1
     people: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"assigned": 0, "done": 0, **{k: 0 for k in R.KINDS}})
+        lambda: {"assigned": 0, "done": 0, **{k: 0 for k in KINDS}})
     for _, _, name in assignments:
         people[name]["assigned"] += 1
     for _, kind, name, _ in subs:
@@ -1045,7 +823,7 @@ def _stored_text(value: Any, table: str, row_id: int, field: str) -> str:
     if not isinstance(value, str):
         raise _BadRowError(BadRow(table, row_id, field, f"is a {type(value).__name__}, "
                                                         "not a string"))
-    problem = R.unicode_problem(value)
+    problem = unicode_problem(value)
     if problem:
         raise _BadRowError(BadRow(table, row_id, field, problem))
     return value
@@ -1057,7 +835,7 @@ def _export_record(kind: str, sub_id: int, data: Any, task_id: int, cids: Any, p
     """One export record, every stored value checked; _BadRowError names the first bad one."""
     prompt = _stored_text(prompt, "prompts", prompt_id, "text")
     labeler = _stored_text(labeler, "labelers", labeler_id, "name")
-    want = {"demonstration": (0, 0), "ranking": (R.MIN_K, R.MAX_K), "rating": (1, 1)}[kind]
+    want = {"demonstration": (0, 0), "ranking": (MIN_K, MAX_K), "rating": (1, 1)}[kind]
     if not isinstance(cids, list) or not want[0] <= len(cids) <= want[1]:
         raise _BadRowError(BadRow("tasks", task_id, "candidate_ids",
                                   f"a {kind} task needs {want[0]}..{want[1]} candidate ids, "
@@ -1071,8 +849,8 @@ def _export_record(kind: str, sub_id: int, data: Any, task_id: int, cids: Any, p
         raise _BadRowError(BadRow("submissions", sub_id, "data",
                                   f"is a {type(data).__name__}, not an object"))
     try:
-        R.check_unicode(data, "data")
-        answer = R.normalize_answer(kind, data, len(cids))
+        check_unicode(data, "data")
+        answer = normalize_answer(kind, data, len(cids))
     except Invalid as e:
         field = e.field if (e.field or "").startswith("data") else f"data.{e.field or kind}"
         raise _BadRowError(BadRow("submissions", sub_id, field,

@@ -1,4 +1,5 @@
-"""Causal language models: load any HF model from a local path, or build a tiny one."""
+"""Causal language models: load any HF model from a local path, or build a tiny one; their
+next-token loss (summed over labelled positions) and held-out NLL."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2L
 
 from transformers.utils import logging as hf_logging
 
+from rlhf import dist
 from rlhf.config import TinyModelConfig
 from rlhf.errors import UserError
 from rlhf.models.tokenizer import ensure_pad_token
 
+#: Label value that carries no loss (the Hugging Face / PyTorch convention).
+IGNORE_INDEX = -100
 
 hf_logging.disable_progress_bar()  # our own bars show progress; HF's per-file bars are noise
 hf_logging.set_verbosity_error()
@@ -88,3 +92,31 @@ def context_length(model: PreTrainedModel) -> int:
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that ignore padding: exclusive cumsum of the mask (spec 7.4)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_nll_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Sum of next-token NLL over positions whose label is not IGNORE_INDEX, and their count."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    logits = logits[:, :-1]
+    valid = labels != IGNORE_INDEX
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), labels.clamp(min=0).reshape(-1),
+        reduction="none").view_as(labels)
+    return (nll * valid).sum(), int(valid.sum())
+
+
+@torch.no_grad()
+def evaluate_nll(model, examples, collate_fn, micro_batch_size: int) -> float:
+    """Mean per-token NLL over `examples` (sharded over ranks under torchrun, then reduced)."""
+    was_training = model.training
+    model.eval()
+    tot = torch.zeros(2, dtype=torch.float64)
+    idx = list(range(dist.rank(), len(examples), dist.world_size()))
+    for i in range(0, len(idx), micro_batch_size):
+        batch = collate_fn([examples[j] for j in idx[i:i + micro_batch_size]])
+        s, n = token_nll_sum(model, batch)
+        tot += torch.tensor([float(s), n], dtype=torch.float64)
+    tot = dist.all_reduce_sum(tot)
+    model.train(was_training)
+    return float(tot[0] / max(tot[1], 1))

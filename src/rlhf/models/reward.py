@@ -34,8 +34,11 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
+from rlhf import dist
 from rlhf.errors import UserError
-from rlhf.models.lm import disable_dropout, load_model, position_ids_from_mask
+from rlhf.models.format import DEFAULT_TEMPLATE, encode_pair, pad_sequences
+from rlhf.models.lm import (context_length, disable_dropout, load_model,
+                            position_ids_from_mask)
 
 _FINAL_NORMS = ("ln_f", "final_layer_norm")  # GPT-2, GPT-J, GPT-Neo, Bloom; GPT-NeoX
 
@@ -197,3 +200,52 @@ def load_reward_model(path: str | Path, dtype: torch.dtype | None = None) -> Rew
         if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
             return RewardModel.from_causal_lm(path, dtype)
     return RewardModel.from_pretrained(path, dtype)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+@torch.no_grad()
+def score_sequences(rm: RewardModel, seqs: list[list[int]], pad_id: int,
+                    batch_size: int = 32, raw: bool = False) -> list[float]:
+    """Scores of token-id sequences (batched by length, returned in input order).
+    raw=True leaves out the normalisation bias."""
+    was_training = rm.training
+    rm.eval()
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = [0.0] * len(seqs)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        ids, mask = pad_sequences([seqs[j] for j in idx], pad_id)
+        s = rm(ids.to(rm.device), mask.to(rm.device))
+        if raw:
+            s = s - rm.reward_bias
+        for j, v in zip(idx, s.tolist()):
+            out[j] = v
+    rm.train(was_training)
+    return out
+
+
+def score_texts(rm: RewardModel, tokenizer, prompts: list[str], responses: list[str],
+                batch_size: int = 32, template: str = DEFAULT_TEMPLATE,
+                max_length: int | None = None, raw: bool = False) -> list[float]:
+    """RM scores of (prompt, response) pairs, tokenised exactly as in training."""
+    if len(prompts) != len(responses):
+        raise ValueError("prompts and responses differ in length")
+    max_length = max_length or context_length(rm.backbone)
+    seqs = [encode_pair(tokenizer, p, r, max_length, template) for p, r in zip(prompts, responses)]
+    return score_sequences(rm, seqs, tokenizer.pad_token_id, batch_size, raw)
+
+
+def normalize_reward(rm: RewardModel, tokenizer, prompts: list[str], responses: list[str],
+                     batch_size: int = 32, template: str = DEFAULT_TEMPLATE,
+                     max_length: int | None = None) -> dict:
+    """Set rm.reward_bias so the (prompt, response) pairs — labeler demonstrations — score
+    mean 0 (§3.5). Computed from the un-normalised score, so running it twice is idempotent.
+    Under DDP each rank scores a shard and the mean is all-reduced."""
+    r, ws = dist.rank(), dist.world_size()
+    raw = score_texts(rm, tokenizer, prompts[r::ws], responses[r::ws], batch_size, template,
+                      max_length, raw=True)
+    tot = dist.all_reduce_sum(torch.tensor([sum(raw), len(raw)], dtype=torch.float64))
+    mean = float(tot[0] / max(float(tot[1]), 1.0))
+    rm.set_reward_bias(-mean)
+    return {"demonstrations": int(tot[1]), "raw_mean": mean, "reward_bias": -mean}

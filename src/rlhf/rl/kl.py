@@ -13,7 +13,6 @@ Estimators of ``KL(π‖π_ref)`` from samples ``y ~ π`` (Schulman, "Approximat
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -90,16 +89,6 @@ def compute_rewards(
     at_last = torch.nn.functional.one_hot(last, num_classes=m.shape[-1]).bool()
     rewards = non_score_reward + torch.where(at_last, score.to(kl.dtype).unsqueeze(-1), 0.0)
     return rewards, non_score_reward, kl
-
-
-def best_of_n_kl(n: int) -> float:
-    """Analytic ``KL(best-of-n ‖ base) = log n − (n − 1)/n`` (Stiennon et al. 2020, App. G.3).
-
-    A reference value for testing KL estimators and reporting.
-    """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    return math.log(n) - (n - 1) / n
 
 
 class FixedKLController:

@@ -10,14 +10,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-#: Sentinel log-prob written at post-EOS positions of both policy and reference (spec 7.20,
-#: [N+] ``INVALID_LOGPROB``). Equal on both sides, so the per-token KL there is exactly 0.
-INVALID_LOGPROB = 1.0
-
-
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def policy_logits(logits: Tensor, temperature: float, pad_id: int | None, *,
+                  inplace: bool = False, vocab_size: int | None = None) -> Tensor:
+    """The logits the policy samples from: PAD can never be drawn (spec 7.5), divided by T (7.10).
+
+    float32. Half-precision input is copied once; float32 input is left untouched unless
+    ``inplace`` (then the caller's tensor is overwritten: use it on a model output nobody else
+    holds). Columns at and beyond ``vocab_size`` (padding rows of a padded unembedding) are
+    also set to −inf. The PAD fill and the division by T (skipped at T = 1) run on that one
+    copy, so there is no further ``[..., V]`` temporary.
+    """
+    z = logits.float()
+    fresh = inplace or z is not logits            # .float() of a half tensor is already a copy
+    v = z.size(-1) if vocab_size is None else vocab_size
+    if not fresh and (pad_id is not None and pad_id < v or z.size(-1) > v):
+        z = z.clone()
+    if pad_id is not None and pad_id < v:
+        z[..., pad_id] = float("-inf")
+    if z.size(-1) > v:
+        z[..., v:] = float("-inf")
+    if temperature > 0 and temperature != 1:
+        z = z.div_(temperature) if (fresh or z is not logits) else z / temperature
+    return z
 
 
 def logprobs_from_logits(logits: Tensor, ids: Tensor, temperature: float = 1.0) -> Tensor:
@@ -48,14 +67,15 @@ def logprobs_from_logits(logits: Tensor, ids: Tensor, temperature: float = 1.0) 
 def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Entropy of ``softmax(logits / T)`` at every position, shape ``logits.shape[:-1]``.
 
-    ``H_t = −Σ_v p_v log p_v = logsumexp(z_t) − Σ_v p_v z_t[v]``, ``p = softmax(z_t)``, ``z_t = logits_t / T``.
+    ``H_t = −Σ_v p_v log p_v``, ``p = softmax(z_t)``, ``z_t = logits_t / T``, computed as
+    ``Σ entr(p)`` so that −inf logits (PAD removed by `policy_logits`) contribute exactly 0.
+    float32 for half-precision input.
     """
     _check_temperature(temperature)
     z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     if temperature != 1.0:
         z = z / temperature
-    p = torch.softmax(z, dim=-1)
-    return torch.logsumexp(z, dim=-1) - (p * z).sum(dim=-1)
+    return torch.special.entr(torch.softmax(z, dim=-1)).sum(-1)
 
 
 def response_mask_from_eos(response_ids: Tensor, eos_id: int, pad_id: int | None = None) -> Tensor:
@@ -73,13 +93,6 @@ def response_mask_from_eos(response_ids: Tensor, eos_id: int, pad_id: int | None
     return valid
 
 
-def truncate_after_eos(response_ids: Tensor, eos_id: int, pad_id: int) -> Tensor:
-    """Replace every token after the first EOS with PAD (the first EOS itself is kept), spec 7.19."""
-    is_eos = response_ids == eos_id
-    eos_before = (torch.cumsum(is_eos.long(), dim=-1) - is_eos.long()) > 0
-    return response_ids.masked_fill(eos_before, pad_id)
-
-
 def has_eos(response_ids: Tensor, eos_id: int) -> Tensor:
     """Bool ``[B]``: whether each response contains an EOS (spec 7.19: if not, score := −1)."""
     return (response_ids == eos_id).any(dim=-1)
@@ -91,8 +104,3 @@ def last_valid_index(mask: Tensor) -> Tensor:
     m = mask.bool().long()
     t = torch.arange(m.shape[-1], device=m.device)
     return (m * (t + 1)).amax(dim=-1) - 1
-
-
-def fill_invalid(logprobs: Tensor, mask: Tensor, value: float = INVALID_LOGPROB) -> Tensor:
-    """Write ``value`` (default ``INVALID_LOGPROB``) at invalid positions, keep valid ones (spec 7.20)."""
-    return logprobs.masked_fill(~mask.bool(), value)

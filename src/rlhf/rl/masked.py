@@ -9,6 +9,8 @@ Variance is the *population* variance (divide by N, as TF ``tf.nn.moments`` does
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -57,15 +59,29 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = False) -> Tensor:
     return var
 
 
-def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           all_reduce_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Whiten over the valid entries (spec 7.14 advantages, 7.15 rewards).
 
     ``x̂_i = (x_i − μ) / sqrt(σ² + eps)``, with μ, σ² the masked mean and population variance.
     With ``shift_mean=False`` the mean is restored: ``x̂_i = (x_i − μ)/sqrt(σ² + eps) + μ``
     (scale only, as [LMHP] reward whitening). Invalid positions are returned as 0.
+
+    ``all_reduce_sum`` (e.g. `rlhf.dist.all_reduce_sum` under torchrun) takes μ and σ² over the
+    valid entries of every process: the sums are reduced in float64, so N processes whiten
+    exactly as one process holding all their rows would (up to rounding).
     """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask)
+    if all_reduce_sum is None:
+        mean = masked_mean(x, mask)
+        var = masked_var(x, mask)
+    else:
+        m = mask.bool()
+        xv = torch.where(m, x, torch.zeros_like(x)).double()
+        s = all_reduce_sum(torch.stack([xv.sum(), m.sum().double()]))
+        n = s[1].clamp(min=1)
+        mean64 = s[0] / n
+        dev = torch.where(m, x.double() - mean64, torch.zeros_like(xv))
+        mean, var = mean64.to(x.dtype), (all_reduce_sum((dev ** 2).sum()) / n).to(x.dtype)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -54,11 +54,6 @@ def preference_matrix(rankings: Sequence[Ranking], k_max: int | None = None) -> 
     return pref
 
 
-def pairwise_loss(r_w: Tensor, r_l: Tensor) -> Tensor:
-    """Element-wise −log σ(r_w − r_l)."""
-    return F.softplus(r_l - r_w)
-
-
 def _pair_losses(scores: Tensor, pref: Tensor) -> tuple[Tensor, Tensor]:
     """([B, K, K] −log σ(s_w − s_l) masked by pref, [B] number of comparisons per element)."""
     s = scores.float()
@@ -88,11 +83,6 @@ def batched_ranking_loss(scores: Tensor, pref: Tensor, *, reduction: str = "mean
     return per_elem.sum() / n_valid
 
 
-def grouped_ranking_loss(scores: Tensor, ranking: Ranking) -> Tensor:
-    """Eq. 1 for one prompt: scores [K] of its K responses; mean over its comparisons."""
-    return batched_ranking_loss(scores.unsqueeze(0), preference_matrix([ranking], scores.shape[-1]))
-
-
 def pair_stats(scores: Tensor, pref: Tensor) -> dict[str, Tensor]:
     """Sums over all comparisons (flat, for metrics and all-reduce across ranks).
 
@@ -108,9 +98,3 @@ def pair_stats(scores: Tensor, pref: Tensor) -> dict[str, Tensor]:
         losses, n_pairs = _pair_losses(s, pref)
         return {"correct": correct.sum(), "log_loss": losses.sum(), "n_pairs": n_pairs.sum(),
                 "n_elements": (n_pairs > 0).sum().to(s.dtype)}
-
-
-def ranking_accuracy(scores: Tensor, pref: Tensor) -> float:
-    """Pairwise accuracy over all comparisons (ties in score count 0.5)."""
-    st = pair_stats(scores, pref)
-    return float(st["correct"] / st["n_pairs"].clamp(min=1))

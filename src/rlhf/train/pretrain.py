@@ -14,29 +14,15 @@ from typing import Callable
 import torch
 
 from rlhf.config import Config, dump_config
-from rlhf.data.text import pack_blocks, read_documents, repeat_blocks
+from rlhf.data.text import (block_examples, collate_blocks, pack_blocks, read_documents,
+                            repeat_blocks)
 from rlhf.errors import UserError
 from rlhf.models import build_tiny_model, load_model, load_tokenizer, train_tokenizer
 from rlhf.runs import Run
-from rlhf.train import dist
-from rlhf.train.common import save_checkpoint
-from rlhf.train.lm_loop import evaluate_nll, fit
-
-
-def block_examples(blocks: torch.Tensor) -> list[tuple[list[int], list[int]]]:
-    return [(b.tolist(), b.tolist()) for b in blocks]
-
-
-def collate_blocks(examples) -> dict[str, torch.Tensor]:
-    ids = torch.tensor([e[0] for e in examples], dtype=torch.long)
-    return {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
-
-
-def perplexity(model, tokenizer, files: list[str], block_size: int, micro_batch_size: int = 16,
-               max_tokens: int | None = None) -> float:
-    """exp(mean NLL) on held-out text packed like the training data (the alignment-tax metric)."""
-    blocks = pack_blocks(tokenizer, read_documents(files), block_size, max_tokens)
-    return math.exp(evaluate_nll(model, block_examples(blocks), collate_blocks, micro_batch_size))
+from rlhf import dist
+from rlhf.models.lm import evaluate_nll
+from rlhf.train.checkpoint import save_checkpoint
+from rlhf.train.loop import fit
 
 
 def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
@@ -44,7 +30,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
              probe: Callable[[torch.nn.Module, object], dict] | None = None) -> dict:
     """`probe(model, tokenizer) -> {name: number}` adds held-out metrics of the caller's to each
     evaluation (every `eval_every` steps and at the end), logged as `valid/<name>` and returned
-    as `valid_<name>` (e.g. the copy probe: benchmarks/copy_formation.py). It runs without
+    as `valid_<name>` (e.g. the copy probe: experiments/copy_formation.py). It runs without
     gradients on every rank (rank 0's values are logged), so it must not use collectives."""
     dist.init()
     dist.seed_everything(cfg.seed)
@@ -104,7 +90,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
     summary = {"train_tokens": int(blocks.numel()), "copy_blocks": n_copy,
                "copy_warmup_steps": p.copy_warmup_steps, "params": model.num_parameters(),
                "steps": metrics["step"], "final_train_loss": metrics.get("train/loss")}
-    if metrics["step"] < metrics["total_steps"]:
+    if metrics["halted"]:
         run.close()
         return {**summary, "halted": True}
     if valid or probe is not None:
@@ -131,7 +117,7 @@ def copy_warmup(model, tokenizer, p, blocks: torch.Tensor, seed: int, out: Path,
     after warm-up (the heads form abruptly, late in the phase). Its own run folder: a finished
     warm-up is loaded, not repeated, and an interrupted one resumes from its checkpoint.
     `on_eval(step)` runs every `eval_every` steps before the last, as in `fit`
-    (benchmarks/induction_formation.py measures copying with it)."""
+    (experiments/induction_formation.py measures copying with it)."""
     done = out / "final"
     if resume and (done / "config.json").exists():
         model.load_state_dict(load_model(done).state_dict())

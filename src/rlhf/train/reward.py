@@ -13,84 +13,33 @@ gradient equals the single-process one.
 
 from __future__ import annotations
 
-import contextlib
-import math
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from rlhf import dist
 from rlhf.config import Config, dump_config
-from rlhf.data.format import DEFAULT_TEMPLATE
-from rlhf.data.rankings import (EncodedRanking, collate_rankings, encode_pair, encode_rankings,
-                                load_prompt_responses, load_rankings, pad_sequences,
-                                scores_to_matrix)
+from rlhf.data.prompts import load_prompts
+from rlhf.data.rankings import (EncodedRanking, collate_rankings, encode_rankings,
+                                load_prompt_responses, load_rankings, scores_to_matrix)
 from rlhf.errors import UserError
-from rlhf.io import read_jsonl, require_str, write_json_atomic
-from rlhf.models import context_length, load_tokenizer
-from rlhf.models.reward import RewardModel
+from rlhf.io import write_json_atomic
+from rlhf.models import context_length, load_model, load_tokenizer
+from rlhf.models.format import DEFAULT_TEMPLATE
+from rlhf.models.generation import generate_texts
+from rlhf.models.reward import RewardModel, normalize_reward, score_texts
 from rlhf.rl.ranking import batched_ranking_loss, pair_stats
 from rlhf.runs import Run
-from rlhf.train import dist
-from rlhf.train.common import (BatchPlan, build_optimizer, cosine_schedule, latest_checkpoint,
-                               load_trainer_state, mark_latest, save_checkpoint)
+from rlhf.train.checkpoint import save_checkpoint
+from rlhf.train.loop import fit
 
-
-# ----------------------------------------------------------------------------- scoring
 
 def _forward_batch(rm, batch: dict, device) -> torch.Tensor:
     """Scores [B, Kmax] of a collated ranking batch (one forward over all ΣK sequences)."""
     scores = rm(batch["input_ids"].to(device), batch["attention_mask"].to(device))
     b, k = batch["pref"].shape[:2]
     return scores_to_matrix(scores, batch["slot"], b, k)
-
-
-@torch.no_grad()
-def score_sequences(rm: RewardModel, seqs: list[list[int]], pad_id: int,
-                    batch_size: int = 32, raw: bool = False) -> list[float]:
-    """Scores of token-id sequences (batched by length, returned in input order).
-    raw=True leaves out the normalisation bias."""
-    was_training = rm.training
-    rm.eval()
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out = [0.0] * len(seqs)
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        ids, mask = pad_sequences([seqs[j] for j in idx], pad_id)
-        s = rm(ids.to(rm.device), mask.to(rm.device))
-        if raw:
-            s = s - rm.reward_bias
-        for j, v in zip(idx, s.tolist()):
-            out[j] = v
-    rm.train(was_training)
-    return out
-
-
-def score_texts(rm: RewardModel, tokenizer, prompts: list[str], responses: list[str],
-                batch_size: int = 32, template: str = DEFAULT_TEMPLATE,
-                max_length: int | None = None, raw: bool = False) -> list[float]:
-    """RM scores of (prompt, response) pairs, tokenised exactly as in training."""
-    if len(prompts) != len(responses):
-        raise ValueError("prompts and responses differ in length")
-    max_length = max_length or context_length(rm.backbone)
-    seqs = [encode_pair(tokenizer, p, r, max_length, template) for p, r in zip(prompts, responses)]
-    return score_sequences(rm, seqs, tokenizer.pad_token_id, batch_size, raw)
-
-
-def normalize_reward(rm: RewardModel, tokenizer, prompts: list[str], responses: list[str],
-                     batch_size: int = 32, template: str = DEFAULT_TEMPLATE,
-                     max_length: int | None = None) -> dict:
-    """Set rm.reward_bias so the (prompt, response) pairs — labeler demonstrations — score
-    mean 0 (§3.5). Computed from the un-normalised score, so running it twice is idempotent.
-    Under DDP each rank scores a shard and the mean is all-reduced."""
-    r, ws = dist.rank(), dist.world_size()
-    raw = score_texts(rm, tokenizer, prompts[r::ws], responses[r::ws], batch_size, template,
-                      max_length, raw=True)
-    tot = dist.all_reduce_sum(torch.tensor([sum(raw), len(raw)], dtype=torch.float64))
-    mean = float(tot[0] / max(float(tot[1]), 1.0))
-    rm.set_reward_bias(-mean)
-    return {"demonstrations": int(tot[1]), "raw_mean": mean, "reward_bias": -mean}
 
 
 @torch.no_grad()
@@ -133,6 +82,30 @@ def evaluate_rankings(rm, data: list[EncodedRanking], pad_id: int, batch_size: i
 
 
 # ----------------------------------------------------------------------------- the recipe
+
+class RankingObjective:
+    """Eq. 1 for the supervised loop: each prompt (all C(K,2) pairs of its K responses) is one
+    batch element, so the loss is summed per prompt and normalised by the global prompt count."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def count(self, batch: dict) -> float:
+        return batch["pref"].shape[0]
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        S = _forward_batch(model, batch, self.device)
+        loss_sum = batched_ranking_loss(S, batch["pref"], reduction="sum")
+        st = pair_stats(S.detach(), batch["pref"])
+        return loss_sum, torch.tensor([float(loss_sum.detach()), float(st["correct"]),
+                                       float(st["n_pairs"]), float(st["n_elements"])],
+                                      dtype=torch.float64)
+
+    def metrics(self, stats: torch.Tensor, n_global: float) -> dict[str, float]:
+        return {"train/loss": float(stats[0] / n_global),
+                "train/accuracy": float(stats[1] / stats[2].clamp(min=1)),
+                "train/comparisons": int(stats[2])}
+
 
 def _drop_unranked(data: list[EncodedRanking]) -> tuple[list[EncodedRanking], int]:
     """Records whose responses are all tied carry no comparison (ties are dropped, App. C.2)."""
@@ -177,90 +150,25 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
     pad_id = tokenizer.pad_token_id
     micro_eval = r.micro_batch_size or max(1, r.batch_size // dist.world_size())
 
-    plan = BatchPlan(len(train), r.batch_size, r.micro_batch_size, cfg.seed)
-    total = int(math.ceil(r.epochs * plan.steps_per_epoch))
-    if r.max_steps is not None:
-        total = min(total, r.max_steps)
-    optimizer = build_optimizer(rm, r)
-    scheduler = cosine_schedule(optimizer, total, r.warmup_steps, r.final_lr_fraction)
-    step = 0
-    if resume and (last := latest_checkpoint(run.checkpoints)) is not None:
-        rm.load_state_dict(RewardModel.from_pretrained(last).state_dict())
-        step = load_trainer_state(last, optimizer, scheduler)["step"]
-    ddp_rm = dist.wrap_ddp(rm)
-    ddp_rm.train()
+    def on_eval(step: int) -> dict:
+        held_out = evaluate_rankings(rm, valid, pad_id, micro_eval, train_labelers)
+        return {f"valid/{k}": v for k, v in held_out.items()}
 
-    def checkpoint(name: str) -> None:
-        save_checkpoint(run.checkpoints / name, rm, tokenizer, optimizer, scheduler,
-                        {"step": step})
-        mark_latest(run.checkpoints, name)
+    def load_checkpoint(path: Path) -> None:     # undoes the bias fold of the HF format
+        rm.load_state_dict(RewardModel.from_pretrained(path).state_dict())
 
-    metrics: dict = {}
-    bar = tqdm(total=total, initial=step, desc="rm", disable=not dist.is_main(), leave=False)
-    # tokens/s is steady-state: counted from the end of the first step of this process (the
-    # first step warms up allocators and opens the TensorBoard writer)
-    t0, tokens, forwards, first = time.perf_counter(), 0, 0, step
-    while step < total:
-        epoch, in_epoch = divmod(step, plan.steps_per_epoch)
-        micro = [collate_rankings([train[i] for i in mb], pad_id)
-                 for mb in plan.micro_batches(epoch, in_epoch)]
-        # each prompt is one batch element (§3.5): divide by the global number of prompts
-        n_global = float(dist.all_reduce_sum(torch.tensor(float(sum(
-            b["pref"].shape[0] for b in micro)))))
-        stats = torch.zeros(4, dtype=torch.float64)   # loss sum, correct, pairs, elements
-        for k, batch in enumerate(micro):
-            sync = k == len(micro) - 1
-            ctx = ddp_rm.no_sync() if (not sync and hasattr(ddp_rm, "no_sync")) \
-                else contextlib.nullcontext()
-            with ctx:
-                S = _forward_batch(ddp_rm, batch, device)
-                loss_sum = batched_ranking_loss(S, batch["pref"], reduction="sum")
-                (loss_sum * dist.world_size() / n_global).backward()
-            st = pair_stats(S.detach(), batch["pref"])
-            stats += torch.tensor([float(loss_sum.detach()), float(st["correct"]),
-                                   float(st["n_pairs"]), float(st["n_elements"])],
-                                  dtype=torch.float64)
-            tokens += int(batch["attention_mask"].sum())
-            forwards += batch["input_ids"].shape[0]
-        grad_norm = None
-        if r.grad_clip:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(rm.parameters(), r.grad_clip))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        stats = dist.all_reduce_sum(stats)
-        loss = float(stats[0] / n_global)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"rm: loss became {loss} at step {step}")
-        metrics = {"train/loss": loss, "train/accuracy": float(stats[1] / stats[2].clamp(min=1)),
-                   "train/comparisons": int(stats[2]), "train/lr": scheduler.get_last_lr()[0],
-                   "train/epoch": step / plan.steps_per_epoch,
-                   "train/tokens_per_s": tokens * dist.world_size() /
-                   max(time.perf_counter() - t0, 1e-9)}
-        if grad_norm is not None:
-            metrics["train/grad_norm"] = grad_norm
-        if step % max(1, r.log_every) == 0 or step == total:
-            run.log(step, metrics)
-        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{metrics['train/accuracy']:.2f}")
-        bar.update(1)
-        if valid and r.eval_every and step % r.eval_every == 0 and step < total:
-            run.log(step, evaluate_rankings(ddp_rm, valid, pad_id, micro_eval, train_labelers),
-                    prefix="valid/")
-        if r.save_every and step % r.save_every == 0 and step < total:
-            checkpoint(f"step-{step:06d}")
-        if step == first + 1:
-            t0, tokens = time.perf_counter(), 0
-        if halt_after is not None and step >= halt_after and step < total:
-            bar.close()
-            checkpoint(f"step-{step:06d}")
-            run.close()
-            return {"steps": step, "halted": True}
-    bar.close()
+    metrics = fit(rm, tokenizer, train, partial(collate_rankings, pad_id=pad_id), r,
+                  epochs=r.epochs, run=run, seed=cfg.seed, objective=RankingObjective(device),
+                  resume=resume, save_every=r.save_every, halt_after=halt_after,
+                  max_steps=r.max_steps, on_eval=on_eval if valid else None,
+                  eval_every=r.eval_every, load_checkpoint=load_checkpoint, desc="rm")
+    if metrics["halted"]:
+        run.close()
+        return {"steps": metrics["step"], "halted": True}
 
-    forwards = int(dist.all_reduce_sum(torch.tensor(forwards)))
+    step = metrics["step"]
     summary: dict = {"prompts": len(train), "unranked_dropped": n_unranked, "steps": step,
-                     "forward_passes": forwards,
+                     "forward_passes": metrics["sequences"],
                      "final_train_loss": metrics.get("train/loss"),
                      "final_train_accuracy": metrics.get("train/accuracy"),
                      "tokens_per_s": metrics.get("train/tokens_per_s")}
@@ -281,14 +189,6 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
 
 # ----------------------------------------------------------------------------- SFT selection
 
-def read_prompts(path: str | Path) -> list[str]:
-    path = str(path)
-    prompts = [require_str(obj, "prompt", path, line) for line, obj in read_jsonl(path)]
-    if not prompts:
-        raise UserError("no prompts in file", path=path)
-    return prompts
-
-
 def select_sft_checkpoint(checkpoints: list[str | Path], prompts_file: str | Path,
                           reward_model: str | Path, out_file: str | Path | None = None, *,
                           n_prompts: int | None = None, max_new_tokens: int = 64,
@@ -296,12 +196,9 @@ def select_sft_checkpoint(checkpoints: list[str | Path], prompts_file: str | Pat
                           batch_size: int = 16, seed: int = 0) -> dict:
     """The paper's SFT model selection (§3.5, App. C.1): sample one response per validation
     prompt from each checkpoint, score with the RM, pick the highest mean score."""
-    from rlhf.generation import generate_texts
-    from rlhf.models import load_model
-
     if not checkpoints:
         raise UserError("give at least one SFT checkpoint", field="checkpoints")
-    prompts = read_prompts(prompts_file)[:n_prompts]
+    prompts = load_prompts(prompts_file)[:n_prompts]
     rm = RewardModel.from_pretrained(reward_model)
     rm_tok = load_tokenizer(reward_model)
     rm_len = context_length(rm.backbone)

@@ -16,9 +16,10 @@ from rlhf.data.sft import collate, encode_all, load_demonstrations
 from rlhf.data.text import pack_blocks, read_documents
 from rlhf.models import context_length, load_model, load_tokenizer, set_dropout
 from rlhf.runs import Run
-from rlhf.train import dist
-from rlhf.train.common import save_checkpoint
-from rlhf.train.lm_loop import evaluate_nll, fit
+from rlhf import dist
+from rlhf.models.lm import evaluate_nll
+from rlhf.train.checkpoint import save_checkpoint
+from rlhf.train.loop import fit
 
 
 def sft(cfg: Config, out_dir: str | Path, resume: bool = False,
@@ -56,10 +57,10 @@ def sft(cfg: Config, out_dir: str | Path, resume: bool = False,
 
     metrics = fit(model, tokenizer, train, col, s, epochs=s.epochs, run=run, seed=cfg.seed,
                   resume=resume, halt_after=halt_after, max_steps=s.max_steps,
-                  on_epoch_end=on_epoch_end, desc="sft")
+                  epoch_checkpoints=True, on_epoch_end=on_epoch_end, desc="sft")
     summary = {"examples": len(train), "steps": metrics["step"],
                "final_train_loss": metrics.get("train/loss"), "epochs": history}
-    if metrics["step"] < metrics["total_steps"]:
+    if metrics["halted"]:
         run.close()
         return {**summary, "halted": True}
     set_dropout(model, 0.0)

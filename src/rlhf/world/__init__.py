@@ -72,7 +72,8 @@ LabelerPool(world, n=40, n_heldout=10, seed=0): .train_labelers, .heldout_labele
 build_world(out_dir, seed=0, **sizes) writes the world; `rlhf world build|stats` (rlhf.world.cli).
 """
 
-from rlhf.world.judge import FLAG_NAMES, Judgement
+from rlhf.data.records import RATING_FLAGS
+from rlhf.world.judge import Judgement
 from rlhf.world.labelers import (Agreement, Labeler, LabelerPool, LabelerTraits, agreement_rate,
                                  measure_agreement)
 from rlhf.world.prompts import CATEGORIES, CATEGORY_MIX, CLOSED_DOMAIN, SPLITS
@@ -80,8 +81,8 @@ from rlhf.world.samples import policy_sample, policy_samples
 from rlhf.world.world import FEWSHOT_TEMPLATE, SCHEMA_VERSION, World, WorldSizes, build_world
 
 __all__ = [
-    "Agreement", "CATEGORIES", "CATEGORY_MIX", "CLOSED_DOMAIN", "FEWSHOT_TEMPLATE", "FLAG_NAMES",
-    "Judgement", "Labeler", "LabelerPool", "LabelerTraits", "SCHEMA_VERSION", "SPLITS", "World",
+    "Agreement", "CATEGORIES", "CATEGORY_MIX", "CLOSED_DOMAIN", "FEWSHOT_TEMPLATE", "Judgement",
+    "Labeler", "LabelerPool", "LabelerTraits", "RATING_FLAGS", "SCHEMA_VERSION", "SPLITS", "World",
     "WorldSizes", "agreement_rate", "build_world", "measure_agreement", "policy_sample",
     "policy_samples",
 ]

@@ -42,7 +42,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from rlhf.world import lexicon as lx
+from rlhf.world import lexicon
 from rlhf.world.prompts import CLOSED_DOMAIN, Record
 from rlhf.world.prose import PAST_FORMS, PRESENT_FORMS
 from rlhf.world.text import (claim_is_true, ends_properly, extract_claims, is_list_format,
@@ -50,23 +50,21 @@ from rlhf.world.text import (claim_is_true, ends_properly, extract_claims, is_li
 from rlhf.world.universe import Universe
 from rlhf.world.vocab import is_known
 
-FLAG_NAMES: tuple[str, ...] = ("follows_instruction", "satisfies_constraint", "hallucination",
-                               "harmful_compliance", "appropriate_for_customer")
 W_TASK, W_CONSTRAINT, W_STYLE = 0.55, 0.25, 0.20
 
 _REFUSAL_RE = re.compile(r"\b(i can't|i cannot|i can not|i won't|i will not|i'm not able to|"
                          r"i am not able to|i must decline|i do not help|i don't help)\b")
 _ROLE_RE = re.compile(r"\b(user|assistant)\s*:", re.IGNORECASE)
 _STEP_WORDS = ("first", "then", "step", "you can", "you should", "you need", "just")
-_HOME_WORDS = frozenset(lx.HOMES)
-_SIZE_WORDS = frozenset(lx.SIZES)
+_HOME_WORDS = frozenset(lexicon.HOMES)
+_SIZE_WORDS = frozenset(lexicon.SIZES)
 
 
 @dataclass(frozen=True)
 class Judgement:
     score: float                 # in [0, 1]
     likert: int                  # 1..7
-    flags: dict[str, bool]       # FLAG_NAMES
+    flags: dict[str, bool]       # rlhf.data.records.RATING_FLAGS
     checks: dict[str, float] = field(default_factory=dict)  # the components, for reading
 
 
@@ -161,7 +159,7 @@ def has_repetition(text: str) -> bool:
 
 def is_rude(text: str) -> bool:
     joined = " " + " ".join(words(text)) + " "
-    return any(f" {p} " in joined for p in lx.RUDE_PHRASES)
+    return any(f" {p} " in joined for p in lexicon.RUDE_PHRASES)
 
 
 def is_refusal(text: str) -> bool:
@@ -329,7 +327,7 @@ def _list_items(text: str, kind: str) -> list[str | None]:
         if len(item.split()) > 4:  # a sentence, not a list item
             out.append(None)
         elif kind == "pet_name":
-            names = {n.lower(): n for n in lx.PET_NAMES}
+            names = {n.lower(): n for n in lexicon.PET_NAMES}
             out.append(next((names[w] for w in item.split() if w in names), None))
         else:
             vals = [m.value for m in mentions(item) if m.kind == kind]

@@ -36,13 +36,13 @@ import itertools
 import math
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Protocol, Sequence
 
-from rlhf.world.judge import FLAG_NAMES, likert_of
+from rlhf.data.records import RATING_FLAGS
+from rlhf.world.judge import Judgement, likert_of
+from rlhf.world.prompts import Record
+from rlhf.world.universe import Universe
 from rlhf.world.writer import aside, chatty, good_response, slip
-
-if TYPE_CHECKING:
-    from rlhf.world.world import World
 
 DEFAULT_NOISE = 0.19
 DEFAULT_SLIP_RATE = 0.12
@@ -60,6 +60,17 @@ class LabelerTraits:
     aside: float = 0.0    # probability that a demonstration adds an unasked fact at the end
 
 
+class GoldJudge(Protocol):
+    """What a labeler needs of the world (rlhf.world.World is one): the prompt record of a
+    prompt, the gold judge's verdict on a response, and the universe the gold writer draws on."""
+
+    universe: Universe
+
+    def record(self, prompt: str | dict) -> Record: ...
+
+    def judge(self, prompt: str | dict, response: str) -> Judgement: ...
+
+
 def _rng(*parts: Any) -> random.Random:
     """A generator seeded by the parts (string seeds are hashed with SHA-512: stable)."""
     return random.Random("\x1f".join(str(p) for p in parts))
@@ -68,7 +79,8 @@ def _rng(*parts: Any) -> random.Random:
 class Labeler:
     """One simulated person. `world` supplies the gold judge and prompt records."""
 
-    def __init__(self, world: World, labeler_id: str, traits: LabelerTraits, heldout: bool = False):
+    def __init__(self, world: GoldJudge, labeler_id: str, traits: LabelerTraits,
+                 heldout: bool = False):
         self.world = world
         self.id = labeler_id
         self.traits = traits
@@ -117,7 +129,7 @@ class Labeler:
         gold = self.world.judge(rec, response)
         rng = _rng("rate", self.id, rec["prompt"], response)
         flags = {name: (not gold.flags[name]) if rng.random() < self.traits.sloppiness / 2
-                 else gold.flags[name] for name in FLAG_NAMES}
+                 else gold.flags[name] for name in RATING_FLAGS}
         return {"likert": likert_of(self.perceived(rec, response)), "flags": flags}
 
     def demonstrate(self, prompt: str | dict) -> str:
@@ -145,8 +157,9 @@ class LabelerPool:
     """`n` labelers with seeded traits; the last `n_heldout` (default: a quarter) are held out
     for evaluation, the others are training labelers."""
 
-    def __init__(self, world: World, n: int = 40, n_heldout: int | None = None, seed: int = 0, *,
-                 noise: float = DEFAULT_NOISE, slip_rate: float = DEFAULT_SLIP_RATE,
+    def __init__(self, world: GoldJudge, n: int = 40, n_heldout: int | None = None,
+                 seed: int = 0, *, noise: float = DEFAULT_NOISE,
+                 slip_rate: float = DEFAULT_SLIP_RATE,
                  tie_threshold: float = DEFAULT_TIE_THRESHOLD, chatty_rate: float = 0.0,
                  aside_rate: float = 0.0):
         if n_heldout is None:

@@ -28,7 +28,7 @@ import re
 from typing import Any, Callable
 
 from rlhf.errors import UserError
-from rlhf.world import lexicon as lx
+from rlhf.world import lexicon
 from rlhf.world.prose import article, cap, fact_sentence, make_passage, sentiment_passage
 from rlhf.world.text import mentions
 from rlhf.world.universe import Fact, Universe
@@ -45,7 +45,7 @@ CATEGORIES: tuple[str, ...] = tuple(CATEGORY_MIX)
 SPLITS: tuple[str, ...] = ("sft", "sft_valid", "rm", "ppo", "test")
 CLOSED_DOMAIN: frozenset[str] = frozenset({"rewrite", "summarization", "closed_qa", "extract"})
 
-COUNT_WORDS = {1: "one", **lx.NUMBER_WORD}
+COUNT_WORDS = {1: "one", **lexicon.NUMBER_WORD}
 
 
 # --------------------------------------------------------------------------- generation
@@ -159,7 +159,7 @@ def fact_question(u: Universe, rng: random.Random) -> Record:
         relation = rng.choice(sorted(_SPECIES_Q))
         shapes, ref = _SPECIES_Q[relation]
         fmt = dict(S=subject, a=article(subject), pl=sp.plural,
-                   A=cap(f"{article(subject)} {subject}"), home=lx.HOMES[sp.home])
+                   A=cap(f"{article(subject)} {subject}"), home=lexicon.HOMES[sp.home])
     value = u.value(subject, relation)
     question = rng.choice(shapes).format(**fmt)
     return {"question": question, "subject": subject, "relation": relation, "answers": [value],
@@ -192,22 +192,22 @@ def _ignored_values(question: str, kind: str, answers: list[str]) -> list[str]:
 def brainstorm_sets(u: Universe) -> list[tuple[str, str, list[str]]]:
     """(description, item kind, valid items) for every list a brainstorming prompt can ask for."""
     sets: list[tuple[str, str, list[str]]] = []
-    for home, phrase in lx.HOMES.items():
-        valid = [s.name for s in lx.SPECIES if s.home == home]
+    for home, phrase in lexicon.HOMES.items():
+        valid = [s.name for s in lexicon.SPECIES if s.home == home]
         if len(valid) >= 3:
             sets.append((f"animals that live {phrase}", "animal", valid))
     for legs in ("two", "four"):
         sets.append((f"animals with {legs} legs", "animal",
-                     [s.name for s in lx.SPECIES if s.legs == legs]))
+                     [s.name for s in lexicon.SPECIES if s.legs == legs]))
     sets.append(("animals that eat mice", "animal",
-                 [s.name for s in lx.SPECIES if s.eats == "mice"]))
-    sets.append(("animals that people keep as pets", "animal", list(lx.PETS)))
+                 [s.name for s in lexicon.SPECIES if s.eats == "mice"]))
+    sets.append(("animals that people keep as pets", "animal", list(lexicon.PETS)))
     sets.append(("towns", "town", sorted(u.towns)))
-    for size in lx.SIZES:
+    for size in lexicon.SIZES:
         sets.append((f"{size} towns", "town", [t.name for t in u.towns.values() if t.size == size]))
-    sets.append(("jobs", "job", list(lx.JOBS)))
-    sets.append(("colours", "colour", list(lx.COLOURS)))
-    sets.append(("foods", "food", list(lx.FOODS)))
+    sets.append(("jobs", "job", list(lexicon.JOBS)))
+    sets.append(("colours", "colour", list(lexicon.COLOURS)))
+    sets.append(("foods", "food", list(lexicon.FOODS)))
     for town in sorted(u.towns):
         people = u.people_in(town)
         if len(people) >= 2:
@@ -219,13 +219,13 @@ def gen_brainstorming(u: Universe, rng: random.Random) -> Record:
     """List N things of a kind (animals of a home, towns, jobs, pet names...)."""
     if rng.random() < 0.3:
         p = u.people[rng.choice(sorted(u.people))]
-        pet = rng.choice(lx.PETS)
+        pet = rng.choice(lexicon.PETS)
         n = rng.randint(2, 5)
         text = rng.choice(["Suggest {n} names for {P}'s new {a}.",
                            "Give me {n} names for {P}'s new {a}.",
                            "What could {P} call a new {a}? List {n} names."])
         return {"prompt": text.format(n=COUNT_WORDS[n], P=p.name, a=pet), "n_items": n,
-                "item_kind": "pet_name", "valid": list(lx.PET_NAMES), "exclude": None}
+                "item_kind": "pet_name", "valid": list(lexicon.PET_NAMES), "exclude": None}
     desc, kind, valid = rng.choice(brainstorm_sets(u))
     exclude = None
     if len(valid) >= 4 and rng.random() < 0.25:
@@ -242,7 +242,7 @@ def gen_brainstorming(u: Universe, rng: random.Random) -> Record:
 
 def _item_phrase(kind: str, item: str) -> str:
     if kind == "animal":
-        return lx.SPECIES_BY_NAME[item].plural
+        return lexicon.SPECIES_BY_NAME[item].plural
     return item
 
 
@@ -254,15 +254,15 @@ _USER_SAD = ("lost my {c} {o}", "broke my {c} {o}", "missed the bus to {T}")
 
 def gen_chat(u: Universe, rng: random.Random) -> Record:
     """A friendly message that asks about the world or shares a feeling."""
-    user = rng.choice(lx.USER_NAMES) if rng.random() < 0.6 else None
+    user = rng.choice(lexicon.USER_NAMES) if rng.random() < 0.6 else None
     intro = rng.choice(_GREETINGS) + (f" I am {user}." if user else "")
     hello = f"Hello {user}!" if user else "Hello!"
     intent = rng.choices(["fact", "visit", "feeling"], weights=[5, 2, 3])[0]
     if intent == "feeling":
         mood = rng.choice(["happy", "sad"])
         event = rng.choice(_USER_HAPPY if mood == "happy" else _USER_SAD).format(
-            c=rng.choice(lx.COLOURS), o=rng.choice(lx.OBJECTS), pet=rng.choice(lx.PETS),
-            T=rng.choice(sorted(u.towns)))
+            c=rng.choice(lexicon.COLOURS), o=rng.choice(lexicon.OBJECTS),
+            pet=rng.choice(lexicon.PETS), T=rng.choice(sorted(u.towns)))
         reply = ("That is great news. I am happy for you." if mood == "happy"
                  else "I am sorry to hear that. I hope tomorrow is better.")
         return {"prompt": f"{intro} Today I {event}.", "user": user, "intent": "feeling",
@@ -301,9 +301,9 @@ def gen_rewrite(u: Universe, rng: random.Random) -> Record:
         named = {m.value for m in mentions(source)}
         if transform == "name":
             old = passage.person
-            gender = lx.PEOPLE[old]
+            gender = lexicon.PEOPLE[old]
             new = rng.choice([p for p in sorted(u.people)
-                              if lx.PEOPLE[p] == gender and p not in named])
+                              if lexicon.PEOPLE[p] == gender and p not in named])
         else:
             old = passage.town
             new = rng.choice([t for t in sorted(u.towns) if t not in named])
@@ -341,9 +341,10 @@ def gen_summarization(u: Universe, rng: random.Random) -> Record:
 
 # --------------------------------------------------------------------------- classification
 _FAKE_DOMAIN: dict[str, tuple[str, ...]] = {
-    "town": lx.TOWNS, "job": lx.JOBS, "pet": lx.PETS, "colour": lx.COLOURS, "food": lx.FOODS,
-    "river": lx.RIVERS, "size": lx.SIZES, "landmark": lx.LANDMARKS, "market_day": lx.DAYS,
-    "home": tuple(lx.HOMES), "legs": ("two", "four", "six", "eight"), "eats": lx.EATS,
+    "town": lexicon.TOWNS, "job": lexicon.JOBS, "pet": lexicon.PETS, "colour": lexicon.COLOURS,
+    "food": lexicon.FOODS, "river": lexicon.RIVERS, "size": lexicon.SIZES,
+    "landmark": lexicon.LANDMARKS, "market_day": lexicon.DAYS, "home": tuple(lexicon.HOMES),
+    "legs": ("two", "four", "six", "eight"), "eats": lexicon.EATS,
 }
 
 
@@ -358,7 +359,7 @@ def gen_classification(u: Universe, rng: random.Random) -> Record:
         return {"prompt": f"{q}{suffix}\nText: {text}", "labels": ["happy", "sad"], "answer": mood,
                 "form": form, "source": text}
     if kind == "animal":
-        sp = rng.choice([s for s in lx.SPECIES if s.home in ("farm", "forest", "river")])
+        sp = rng.choice([s for s in lexicon.SPECIES if s.home in ("farm", "forest", "river")])
         q = rng.choice(["Is {a} {s} a farm animal, a forest animal or a river animal?",
                         "Is the {s} a farm, forest or river animal?"]).format(a=article(sp.name),
                                                                               s=sp.name)
@@ -423,7 +424,7 @@ def gen_extract(u: Universe, rng: random.Random) -> Record:
 def _harmful_actions(u: Universe, rng: random.Random) -> tuple[str, list[str], str]:
     p = u.people[rng.choice(sorted(u.people))]
     town = u.towns[rng.choice(sorted(u.towns))]
-    farm_animals = lx.SPECIES_BY_NAME[rng.choice(["cow", "sheep", "goat", "horse", "pig",
+    farm_animals = lexicon.SPECIES_BY_NAME[rng.choice(["cow", "sheep", "goat", "horse", "pig",
                                                   "hen"])].plural
     options = [
         (f"poison the fish in the {town.river} River", ["poison", "fish"],
@@ -435,7 +436,7 @@ def _harmful_actions(u: Universe, rng: random.Random) -> tuple[str, list[str], s
          f"Please respect {p.name}'s home."),
         (f"burn down the old {town.landmark} in {town.name}",
          ["burn", "fire", "match", town.landmark], "Fire is very dangerous."),
-        (f"steal {rng.choice(lx.COUNTABLE_FOODS)} from the market in {town.name}",
+        (f"steal {rng.choice(lexicon.COUNTABLE_FOODS)} from the market in {town.name}",
          ["steal", "stole", "take"], "Stealing is wrong."),
         (f"scare the {farm_animals} on the farm near {town.name}", ["scare", "shout", "run"],
          "Please be kind to animals."),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from rlhf.world import lexicon as lx
+from rlhf.world import lexicon
 from rlhf.world.universe import Fact, Universe
 
 VERBS: dict[str, dict[str, str]] = {
@@ -90,7 +90,7 @@ def fact_sentence(u: Universe, fact: Fact, rng: random.Random, *, pronoun: bool 
             tpl = plural_tpl
         else:
             tpl = rng.choice((singular, plural_tpl))
-        return cap(tpl.format(A=a, Pl=sp.plural, v=v, home=lx.HOMES[sp.home]))
+        return cap(tpl.format(A=a, Pl=sp.plural, v=v, home=lexicon.HOMES[sp.home]))
     # river
     towns = u.river_towns[s]
     if rng.random() < 0.5:
@@ -183,14 +183,15 @@ def _story(u: Universe, rng: random.Random) -> list[str]:
     friend = rng.choice([q for q in sorted(u.people) if q != p.name])
     meeting = f"{cap(pr)} met {friend} by the {town.river} River."
     if rng.random() < 0.5:
-        meeting += f" {friend} gave {obj} a {rng.choice(lx.COLOURS)} {rng.choice(lx.OBJECTS)}."
+        meeting += (f" {friend} gave {obj} a {rng.choice(lexicon.COLOURS)} "
+                    f"{rng.choice(lexicon.OBJECTS)}.")
     events = [
-        f"{cap(pr)} bought {rng.choice(lx.NUMBERS)} {rng.choice(lx.COUNTABLE_FOODS)} "
+        f"{cap(pr)} bought {rng.choice(lexicon.NUMBERS)} {rng.choice(lexicon.COUNTABLE_FOODS)} "
         "at the market.",
-        f"{cap(pr)} saw a {rng.choice(lx.COLOURS)} {rng.choice(lx.ANIMALS)} near the old "
+        f"{cap(pr)} saw a {rng.choice(lexicon.COLOURS)} {rng.choice(lexicon.ANIMALS)} near the old "
         f"{town.landmark}.",
         meeting,
-        f"{cap(pr)} ate some {rng.choice(lx.FOODS)} by the {town.landmark}.",
+        f"{cap(pr)} ate some {rng.choice(lexicon.FOODS)} by the {town.landmark}.",
     ]
     rng.shuffle(events)
     sents += events[: rng.randint(2, len(events))]
@@ -198,8 +199,8 @@ def _story(u: Universe, rng: random.Random) -> list[str]:
         sents.append(fact_sentence(u, Fact(town.name, "river", town.river), rng))
     mood, pool = ("happy", _HAPPY_EVENTS) if rng.random() < 0.5 else ("sad", _SAD_EVENTS)
     elsewhere = rng.choice([t for t in sorted(u.towns) if t not in (town.name, p.town)])
-    event = rng.choice(pool).format(c=rng.choice(lx.COLOURS), o=rng.choice(lx.OBJECTS),
-                                    Q=friend, a=rng.choice(lx.ANIMALS), poss=poss,
+    event = rng.choice(pool).format(c=rng.choice(lexicon.COLOURS), o=rng.choice(lexicon.OBJECTS),
+                                    Q=friend, a=rng.choice(lexicon.ANIMALS), poss=poss,
                                     T=elsewhere, pet=p.pet)
     sents.append(f"Then {pr} {event}, and {pr} was {mood}.")
     sents.append(f"In the evening, {pr} went home to {p.town}.")
@@ -211,7 +212,7 @@ def _habit(u: Universe, rng: random.Random) -> list[str]:
     town = u.towns[p.town]
     pr = cap(p.pronoun)
     sents = [f"Every {town.market_day}, {p.name} walks to the market in {town.name}.",
-             f"{pr} buys {rng.choice(lx.COUNTABLE_FOODS)} and {p.food} there.",
+             f"{pr} buys {rng.choice(lexicon.COUNTABLE_FOODS)} and {p.food} there.",
              f"{pr} sees {rng.choice(sorted(u.people))} by the {town.river} River.",
              f"Then {p.pronoun} goes home with {p.possessive} {p.pet}."]
     return sents[: rng.randint(2, 4)]
@@ -220,7 +221,7 @@ def _habit(u: Universe, rng: random.Random) -> list[str]:
 def _greeting(u: Universe, rng: random.Random) -> list[str]:
     a, b = rng.sample(sorted(u.people), 2)
     town = u.towns[u.people[a].town]
-    food = rng.choice(lx.COUNTABLE_FOODS)
+    food = rng.choice(lexicon.COUNTABLE_FOODS)
     lines = [f"{a} met {b} near the old {town.landmark} in {town.name}.",
              f"\"Hello, {b},\" said {a}. \"It is a nice day.\"",
              f"\"Hello, {a},\" said {b}. \"I am going to the market to buy {food}.\""]
@@ -290,7 +291,7 @@ def make_passage(u: Universe, rng: random.Random, *, events: tuple[str, ...] | N
     """
     p = u.people[rng.choice(sorted(u.people))]
     town = u.towns[rng.choice([t for t in sorted(u.towns) if t != p.town])]
-    day = rng.choice(lx.DAYS)
+    day = rng.choice(lexicon.DAYS)
     if with_pet is None:
         with_pet = rng.random() < 0.3
     if events is None:
@@ -327,7 +328,7 @@ def _add_event(u: Universe, rng: random.Random, passage: Passage, ev: str, *, p,
                obj: str, friend: str) -> None:
     name = p.name
     if ev == "buy":
-        n, food = rng.choice(lx.NUMBERS), rng.choice(lx.COUNTABLE_FOODS)
+        n, food = rng.choice(lexicon.NUMBERS), rng.choice(lexicon.COUNTABLE_FOODS)
         tpl, f = "{pr} {buy} {n} {food} at the market.", dict(pr=pr, n=n, food=food)
         passage.qas += [QA(f"How many {food} did {name} buy?", n, "number",
                            f"{name} bought {n} {food}."),
@@ -336,7 +337,7 @@ def _add_event(u: Universe, rng: random.Random, passage: Passage, ev: str, *, p,
         passage.summary_phrases.append(f"bought {n} {food}")
         passage.keys.append(food)
     elif ev == "see":
-        colour, animal = rng.choice(lx.COLOURS), rng.choice(lx.ANIMALS)
+        colour, animal = rng.choice(lexicon.COLOURS), rng.choice(lexicon.ANIMALS)
         tpl = "{pr} {see} {art} {colour} {animal} near the old {landmark}."
         f = dict(pr=pr, art=article(colour), colour=colour, animal=animal, landmark=town.landmark)
         passage.qas += [QA(f"What animal did {name} see?", animal, "animal",
@@ -346,7 +347,7 @@ def _add_event(u: Universe, rng: random.Random, passage: Passage, ev: str, *, p,
         passage.summary_phrases.append(f"saw {article(colour)} {colour} {animal}")
         passage.keys.append(animal)
     elif ev == "see_many":
-        m, sp = rng.choice(lx.NUMBERS), u.species[rng.choice(lx.ANIMALS)]
+        m, sp = rng.choice(lexicon.NUMBERS), u.species[rng.choice(lexicon.ANIMALS)]
         tpl = "{pr} {see} {m} {animals} by the {river} River."
         f = dict(pr=pr, m=m, animals=sp.plural, river=town.river)
         passage.qas += [QA(f"How many {sp.plural} did {name} see?", m, "number",
@@ -362,7 +363,7 @@ def _add_event(u: Universe, rng: random.Random, passage: Passage, ev: str, *, p,
         passage.summary_phrases.append(f"met {friend}")
         passage.keys.append(friend)
     elif ev == "gift":
-        colour, thing = rng.choice(lx.COLOURS), rng.choice(lx.OBJECTS)
+        colour, thing = rng.choice(lexicon.COLOURS), rng.choice(lexicon.OBJECTS)
         tpl = "{friend} {give} {obj} {art} {colour} {thing}."
         f = dict(friend=friend, obj=obj, art=article(colour), colour=colour, thing=thing)
         passage.qas += [QA(f"What did {friend} give {name}?", thing, "object",
@@ -385,7 +386,7 @@ def sentiment_passage(u: Universe, rng: random.Random, mood: str) -> tuple[str, 
     friend = rng.choice([q for q in sorted(u.people) if q != p.name])
     town = rng.choice([t for t in sorted(u.towns) if t != p.town])
     pool = _HAPPY_EVENTS if mood == "happy" else _SAD_EVENTS
-    event = rng.choice(pool).format(c=rng.choice(lx.COLOURS), o=rng.choice(lx.OBJECTS),
-                                    Q=friend, a=rng.choice(lx.ANIMALS), poss=p.possessive,
+    event = rng.choice(pool).format(c=rng.choice(lexicon.COLOURS), o=rng.choice(lexicon.OBJECTS),
+                                    Q=friend, a=rng.choice(lexicon.ANIMALS), poss=p.possessive,
                                     T=town, pet=p.pet)
-    return f"On {rng.choice(lx.DAYS)}, {p.name} {event}.", mood
+    return f"On {rng.choice(lexicon.DAYS)}, {p.name} {event}.", mood

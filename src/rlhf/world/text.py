@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rlhf.world import lexicon as lx
+from rlhf.world import lexicon
 from rlhf.world.universe import Fact, Universe
 
 _WORD_RE = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?|\d+")
@@ -74,21 +74,21 @@ def _lower_map(items, kind: str) -> dict[str, tuple[str, str]]:
 
 
 ENTITY_WORDS: dict[str, tuple[str, str]] = {
-    **_lower_map(lx.OBJECTS, "object"),
-    **_lower_map(lx.LANDMARKS, "landmark"),
-    **_lower_map(lx.JOBS, "job"),
-    **_lower_map(lx.NUMBERS, "number"),
-    **_lower_map(lx.DAYS, "day"),
-    **_lower_map(lx.COLOURS, "colour"),
-    **_lower_map(lx.EATS, "food"),
-    **_lower_map(lx.FOODS, "food"),
-    **{form: ("animal", name) for form, name in lx.ANIMAL_FORMS.items()},
-    **_lower_map(lx.TOWNS, "town"),
-    **_lower_map(lx.PET_NAMES, "pet_name"),
-    **_lower_map(lx.USER_NAMES, "user"),
-    **_lower_map(lx.PEOPLE, "person"),
+    **_lower_map(lexicon.OBJECTS, "object"),
+    **_lower_map(lexicon.LANDMARKS, "landmark"),
+    **_lower_map(lexicon.JOBS, "job"),
+    **_lower_map(lexicon.NUMBERS, "number"),
+    **_lower_map(lexicon.DAYS, "day"),
+    **_lower_map(lexicon.COLOURS, "colour"),
+    **_lower_map(lexicon.EATS, "food"),
+    **_lower_map(lexicon.FOODS, "food"),
+    **{form: ("animal", name) for form, name in lexicon.ANIMAL_FORMS.items()},
+    **_lower_map(lexicon.TOWNS, "town"),
+    **_lower_map(lexicon.PET_NAMES, "pet_name"),
+    **_lower_map(lexicon.USER_NAMES, "user"),
+    **_lower_map(lexicon.PEOPLE, "person"),
 }
-_RIVER_NAMES = {r.lower(): r for r in lx.RIVERS}
+_RIVER_NAMES = {r.lower(): r for r in lexicon.RIVERS}
 
 
 @dataclass(frozen=True)
@@ -121,12 +121,13 @@ def _alt(items) -> str:
                                 reverse=True)) + ")"
 
 
-_P, _T, _R = _alt(lx.PEOPLE), _alt(lx.TOWNS), _alt(lx.RIVERS)
-_A1 = _alt(lx.ANIMALS)
-_AP = _alt(sorted({s.plural for s in lx.SPECIES}))
-_C, _J, _L, _D = _alt(lx.COLOURS), _alt(lx.JOBS), _alt(lx.LANDMARKS), _alt(lx.DAYS)
-_F = _alt(sorted(set(lx.FOODS) | set(lx.EATS)))
-_N = _alt(lx.NUMBERS)
+_P, _T, _R = _alt(lexicon.PEOPLE), _alt(lexicon.TOWNS), _alt(lexicon.RIVERS)
+_A1 = _alt(lexicon.ANIMALS)
+_AP = _alt(sorted({s.plural for s in lexicon.SPECIES}))
+_C, _J = _alt(lexicon.COLOURS), _alt(lexicon.JOBS)
+_L, _D = _alt(lexicon.LANDMARKS), _alt(lexicon.DAYS)
+_F = _alt(sorted(set(lexicon.FOODS) | set(lexicon.EATS)))
+_N = _alt(lexicon.NUMBERS)
 
 # (pattern, kind): the groups hold subject then value, except where _facts_from_match says.
 _CLAIM_PATTERNS: list[tuple[re.Pattern, str]] = [
@@ -157,8 +158,9 @@ _CLAIM_PATTERNS: list[tuple[re.Pattern, str]] = [
     (re.compile(rf"\b(?:a|an|the) {_A1} eats {_F}\b"), "eats"),
     (re.compile(rf"\b{_AP} eat {_F}\b"), "eats_pl"),
 ]
-_PLURAL_TO_SINGULAR = {s.plural: s.name for s in lx.SPECIES}
-_CANON = {str(x).lower(): str(x) for x in (*lx.PEOPLE, *lx.TOWNS, *lx.RIVERS, *lx.DAYS)}
+_PLURAL_TO_SINGULAR = {s.plural: s.name for s in lexicon.SPECIES}
+_CANON = {str(x).lower(): str(x)
+          for x in (*lexicon.PEOPLE, *lexicon.TOWNS, *lexicon.RIVERS, *lexicon.DAYS)}
 
 
 def _canon(word: str) -> str:
@@ -190,7 +192,7 @@ def _pet_colour(g: tuple[str, ...]) -> list[Fact]:
     # two shapes: (person, colour, animal) from "has a grey cat"; (person, animal, colour) from
     # "anna's cat is grey"
     person = _canon(g[0])
-    if g[1] in lx.COLOURS:
+    if g[1] in lexicon.COLOURS:
         colour, animal = g[1], g[2]
     else:
         animal, colour = g[1], g[2]
@@ -216,8 +218,8 @@ def _update_referents(sentence: str, last: dict[str, str]) -> None:
     seen_gender: set[str] = set()
     seen_it = False
     for m in mentions(sentence):
-        if m.kind == "person" and lx.PEOPLE[m.value] not in seen_gender:
-            g = lx.PEOPLE[m.value]
+        if m.kind == "person" and lexicon.PEOPLE[m.value] not in seen_gender:
+            g = lexicon.PEOPLE[m.value]
             seen_gender.add(g)
             last["she" if g == "f" else "he"] = m.value
         elif m.kind in ("town", "animal") and not seen_it:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from rlhf.world import lexicon as lx
+from rlhf.world import lexicon
 
 PET_COLOURS: tuple[str, ...] = ("white", "black", "brown", "grey")
 
@@ -69,38 +69,38 @@ class Universe:
         rng = random.Random(f"universe:{seed}")
         self.towns: dict[str, Town] = self._make_towns(rng)
         self.people: dict[str, Person] = self._make_people(rng)
-        self.species: dict[str, lx.Species] = dict(lx.SPECIES_BY_NAME)
+        self.species: dict[str, lexicon.Species] = dict(lexicon.SPECIES_BY_NAME)
         self.river_towns: dict[str, tuple[str, ...]] = {
-            r: tuple(t.name for t in self.towns.values() if t.river == r) for r in lx.RIVERS
+            r: tuple(t.name for t in self.towns.values() if t.river == r) for r in lexicon.RIVERS
         }
 
     # ----------------------------------------------------------------- construction
     @staticmethod
     def _make_towns(rng: random.Random) -> dict[str, Town]:
-        names = list(lx.TOWNS)
+        names = list(lexicon.TOWNS)
         rng.shuffle(names)
-        landmarks = list(lx.LANDMARKS)
+        landmarks = list(lexicon.LANDMARKS)
         rng.shuffle(landmarks)
         sizes = ["big", "small"] * (len(names) // 2 + 1)
         rng.shuffle(sizes)
         towns = {}
         for i, name in enumerate(names):
-            towns[name] = Town(name=name, river=lx.RIVERS[i % len(lx.RIVERS)], size=sizes[i],
-                               landmark=landmarks[i % len(landmarks)],
-                               market_day=rng.choice(lx.DAYS))
+            towns[name] = Town(name=name, river=lexicon.RIVERS[i % len(lexicon.RIVERS)],
+                               size=sizes[i], landmark=landmarks[i % len(landmarks)],
+                               market_day=rng.choice(lexicon.DAYS))
         return dict(sorted(towns.items()))
 
     def _make_people(self, rng: random.Random) -> dict[str, Person]:
-        names = sorted(lx.PEOPLE)
+        names = sorted(lexicon.PEOPLE)
         rng.shuffle(names)
         town_names = sorted(self.towns)
         people = {}
         for i, name in enumerate(names):
             people[name] = Person(
-                name=name, gender=lx.PEOPLE[name], town=town_names[i % len(town_names)],
-                job=rng.choice(lx.JOBS), pet=rng.choice(lx.PETS),
-                pet_colour=rng.choice(PET_COLOURS), colour=rng.choice(lx.COLOURS),
-                food=rng.choice(lx.FOODS))
+                name=name, gender=lexicon.PEOPLE[name], town=town_names[i % len(town_names)],
+                job=rng.choice(lexicon.JOBS), pet=rng.choice(lexicon.PETS),
+                pet_colour=rng.choice(PET_COLOURS), colour=rng.choice(lexicon.COLOURS),
+                food=rng.choice(lexicon.FOODS))
         return dict(sorted(people.items()))
 
     # ----------------------------------------------------------------- queries

@@ -7,7 +7,7 @@ must add it here too.
 
 from __future__ import annotations
 
-from rlhf.world import lexicon as lx
+from rlhf.world import lexicon
 from rlhf.world.text import words
 
 TEMPLATE_WORDS: frozenset[str] = frozenset("""
@@ -29,9 +29,10 @@ TEMPLATE_WORDS: frozenset[str] = frozenset("""
 
 
 def _lexicon_words() -> frozenset[str]:
-    entries = (*lx.PEOPLE, *lx.USER_NAMES, *lx.PET_NAMES, *lx.TOWNS, *lx.RIVERS, *lx.LANDMARKS,
-               *lx.JOBS, *lx.COLOURS, *lx.FOODS, *lx.OBJECTS, *lx.DAYS, *lx.NUMBERS, *lx.EATS,
-               *lx.SIZES, *lx.HOMES, *lx.ANIMAL_FORMS)
+    entries = (*lexicon.PEOPLE, *lexicon.USER_NAMES, *lexicon.PET_NAMES, *lexicon.TOWNS,
+               *lexicon.RIVERS, *lexicon.LANDMARKS, *lexicon.JOBS, *lexicon.COLOURS,
+               *lexicon.FOODS, *lexicon.OBJECTS, *lexicon.DAYS, *lexicon.NUMBERS, *lexicon.EATS,
+               *lexicon.SIZES, *lexicon.HOMES, *lexicon.ANIMAL_FORMS)
     return frozenset(w for e in entries for w in words(str(e)))
 
 

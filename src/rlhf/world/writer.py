@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 
-from rlhf.world import lexicon as lx
+from rlhf.world import lexicon
 from rlhf.world.prompts import Record
 from rlhf.world.prose import cap, fact_sentence, fact_sentences, subject_facts
 from rlhf.world.text import mentions, sentences
@@ -62,8 +62,8 @@ def _story(u: Universe, people: list[str], n: int, rng: random.Random) -> list[s
         middle.append(f"{cap(pr)} met {people[1]} by the {town.river} River.")
     fact = rng.choice([f for f in subject_facts(u, p.name) if f.relation != "town"])
     middle.append(fact_sentence(u, fact, rng, pronoun=True))
-    middle.append(f"{cap(pr)} bought {rng.choice(lx.NUMBERS)} {rng.choice(lx.COUNTABLE_FOODS)} "
-                  "at the market.")
+    middle.append(f"{cap(pr)} bought {rng.choice(lexicon.NUMBERS)} "
+                  f"{rng.choice(lexicon.COUNTABLE_FOODS)} at the market.")
     opener = f"One day, {p.name} walked from {p.town} to {town.name}."
     ending = f"In the evening, {pr} went home to {p.town}."
     body = middle[: max(0, n - 2)] if n > 2 else middle[:1]
@@ -227,9 +227,10 @@ def _unrelated_sentence(u: Universe, rng: random.Random) -> str:
 
 
 _SWAP_POOLS: dict[str, tuple[str, ...]] = {
-    "person": tuple(lx.PEOPLE), "town": lx.TOWNS, "animal": lx.ANIMALS, "colour": lx.COLOURS,
-    "food": lx.FOODS, "object": lx.OBJECTS, "day": lx.DAYS, "number": lx.NUMBERS, "job": lx.JOBS,
-    "landmark": lx.LANDMARKS, "river": lx.RIVERS,
+    "person": tuple(lexicon.PEOPLE), "town": lexicon.TOWNS, "animal": lexicon.ANIMALS,
+    "colour": lexicon.COLOURS, "food": lexicon.FOODS, "object": lexicon.OBJECTS,
+    "day": lexicon.DAYS, "number": lexicon.NUMBERS, "job": lexicon.JOBS,
+    "landmark": lexicon.LANDMARKS, "river": lexicon.RIVERS,
 }
 
 
@@ -251,9 +252,9 @@ def _swap_first(text: str, old: str, new: str) -> str:
     pattern = re.compile(rf"\b{re.escape(old)}\b", re.IGNORECASE)
     match = pattern.search(text)
     if not match:  # plural animal forms
-        sp = lx.SPECIES_BY_NAME.get(old)
+        sp = lexicon.SPECIES_BY_NAME.get(old)
         if sp:
-            new_sp = lx.SPECIES_BY_NAME.get(new)
+            new_sp = lexicon.SPECIES_BY_NAME.get(new)
             return re.sub(rf"\b{re.escape(sp.plural)}\b", new_sp.plural if new_sp else new, text,
                           count=1, flags=re.IGNORECASE)
         return text

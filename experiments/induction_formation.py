@@ -1,8 +1,8 @@
 """Induction formation: after how many steps of synthetic copy blocks can the base model copy?
 
-    .venv/bin/python benchmarks/induction_formation.py [--config configs/demo.yaml]
+    .venv/bin/python experiments/induction_formation.py [--config configs/demo.yaml]
         [--set pretrain.model.arch=gpt2 ...] [--steps 1200] [--seeds 0 1] [--tokenizer DIR]
-        [--out benchmarks/results/induction_formation.json]
+        [--out experiments/results/induction_formation.json]
 
 Trains the config's tiny model from scratch on `rlhf.data.text.repeat_blocks` (random tokens,
 then the same span again from a random offset) with the pretraining recipe's own induction
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # for _bench
 from _bench import write_result  # noqa: E402
 
 THRESHOLD = 0.9
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--tokenizer", type=Path, help="tokenizer dir (default: trained here)")
     ap.add_argument("--out", type=Path,
-                    default=Path("benchmarks/results/induction_formation.json"))
+                    default=Path("experiments/results/induction_formation.json"))
     args = ap.parse_args(argv)
 
     from rlhf.config import load_config

@@ -1,4 +1,4 @@
-"""`rlhf rm train`, `rlhf rm score` and `rlhf sft select` (mounted by rlhf.cli)."""
+"""`rlhf rm train` and `rlhf rm score`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from rlhf.errors import UserError
+from rlhf.cli import OutOpt, ResumeOpt, load_run_config, print_summary
+from rlhf.config import DEFAULT_TEMPLATE
 
 app = typer.Typer(help="Step 2: the reward model from K-way rankings.", no_args_is_help=True)
 
@@ -17,26 +18,17 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c",
                                                 help="YAML config (uses the `rm` section)."),
           set_: Optional[list[str]] = typer.Option(None, "--set", "-s",
                                                    help="Override a field: --set rm.lr=1e-5"),
-          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder."),
-          resume: bool = typer.Option(False, "--resume",
-                                      help="Continue from the newest checkpoint in --out.")):
+          out: Optional[Path] = OutOpt, resume: bool = ResumeOpt):
     """Train a reward model on K-way rankings; normalise on demonstrations; model in OUT/final.
 
     All comparisons of a prompt form one batch element (K forward passes), ties are dropped,
     1 epoch by default; held-out accuracy and log loss are split by training/held-out labelers.
     """
-    from rlhf.config import load_config
     from rlhf.train.reward import train_rm
 
-    cfg = load_config(config, set_ or [])
-    out_dir = out or (Path(cfg.out) if cfg.out else None)
-    if out_dir is None:
-        raise UserError("say where the run goes: --out DIR (or `out:` in the config)")
+    cfg, out_dir = load_run_config(config, set_, out)
     summary = train_rm(cfg, out_dir, resume=resume)
-    typer.echo(f"run folder: {out_dir}")
-    for k in ("model", "steps", "final_train_loss", "final_train_accuracy"):
-        if k in summary:
-            typer.echo(f"  {k}: {summary[k]}")
+    print_summary(summary, out_dir, ("model", "steps", "final_train_loss", "final_train_accuracy"))
     for k, v in (summary.get("valid") or {}).items():
         typer.echo(f"  valid/{k}: {v}")
     if "normalization" in summary:
@@ -49,7 +41,7 @@ def score(model: Path = typer.Option(..., "--model", "-m", help="Reward model fo
                                      help="JSONL of {prompt, response} (or chat messages)."),
           output: Optional[Path] = typer.Option(None, "--output", "-o",
                                                 help="JSONL out (default: stdout)."),
-          template: str = typer.Option("User: {prompt}\nAssistant:", "--template"),
+          template: str = typer.Option(DEFAULT_TEMPLATE, "--template"),
           max_length: Optional[int] = typer.Option(None, "--max-length"),
           batch_size: int = typer.Option(32, "--batch-size"),
           raw: bool = typer.Option(False, "--raw", help="Leave out the normalisation bias.")):
@@ -59,8 +51,7 @@ def score(model: Path = typer.Option(..., "--model", "-m", help="Reward model fo
     from rlhf.data.rankings import load_prompt_responses
     from rlhf.io import read_jsonl, write_jsonl_atomic
     from rlhf.models import load_tokenizer
-    from rlhf.models.reward import RewardModel
-    from rlhf.train.reward import score_texts
+    from rlhf.models.reward import RewardModel, score_texts
 
     pairs = load_prompt_responses(input)
     rm = RewardModel.from_pretrained(model)
@@ -74,31 +65,3 @@ def score(model: Path = typer.Option(..., "--model", "-m", help="Reward model fo
     else:
         write_jsonl_atomic(output, rows)
         typer.echo(f"{len(rows)} scores -> {output} (mean {sum(scores) / len(scores):.4f})")
-
-
-def sft_select_command(
-        checkpoints: list[Path] = typer.Argument(..., help="SFT checkpoints, e.g. "
-                                                 "run/checkpoints/epoch-*"),
-        prompts: Path = typer.Option(..., "--prompts", "-p", help="Validation prompts JSONL."),
-        reward_model: Path = typer.Option(..., "--reward-model", "--rm", help="RM folder."),
-        out: Path = typer.Option(Path("sft_selection.json"), "--out", "-o",
-                                 help="Selection JSON."),
-        n_prompts: Optional[int] = typer.Option(None, "--n-prompts"),
-        max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
-        temperature: float = typer.Option(1.0, "--temperature"),
-        template: str = typer.Option("User: {prompt}\nAssistant:", "--template"),
-        seed: int = typer.Option(0, "--seed")):
-    """Pick the SFT epoch whose samples get the highest mean RM score (paper §3.5).
-
-    One sample per validation prompt per checkpoint, scored by the reward model; the selection
-    is written as JSON.
-    """
-    from rlhf.train.reward import select_sft_checkpoint
-
-    sel = select_sft_checkpoint(checkpoints, prompts, reward_model, out, n_prompts=n_prompts,
-                                max_new_tokens=max_new_tokens, temperature=temperature,
-                                template=template, seed=seed)
-    for c in sel["candidates"]:
-        mark = "*" if c["checkpoint"] == sel["selected"] else " "
-        typer.echo(f"{mark} {c['mean_score']:+.4f}  {c['checkpoint']}")
-    typer.echo(f"selected: {sel['selected']} -> {out}")

@@ -103,11 +103,8 @@ def compare(model: list[str] = typer.Option(..., "--model", "-m",
     from rlhf.eval.harness import ModelSpec, evaluate_models, world_closed_domain
     from rlhf.eval.report import summary_text, write_report
     from rlhf.io import read_jsonl
+    from rlhf.world import LabelerPool, World
 
-    try:
-        from rlhf.world import LabelerPool, World
-    except ImportError as e:
-        raise UserError(f"the Instruction World is not available ({e})") from None
     w = World.load(world)
     pool = LabelerPool(w, n=n_labelers, seed=seed)
     recs = [obj for _, obj in read_jsonl(prompts)] if prompts else list(w.prompts(split))

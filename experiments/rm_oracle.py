@@ -1,7 +1,7 @@
 """Oracle RM: is the reward model limited by the labelers' noise or by what it can learn?
 
-    .venv/bin/python benchmarks/rm_oracle.py --run runs/demo [--round 1]
-        [--epochs 1 --epochs 3] [--set rm.lr=3e-4 ...] [--out benchmarks/results/rm_oracle.json]
+    .venv/bin/python experiments/rm_oracle.py --run runs/demo [--round 1]
+        [--epochs 1 --epochs 3] [--set rm.lr=3e-4 ...] [--out experiments/results/rm_oracle.json]
 
 For round r of a finished pipeline run, trains the reward model as the pipeline did (same SFT
 start, same samples, the run's `rm` settings), once per (rankings, epochs):
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # for _bench
 from _bench import write_result  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def pair_accuracy(rows: list[dict], scores: list[list[float]]) -> dict:
 def rm_scores(rm_path: str, rows: list[dict], template: str) -> list[list[float]]:
     from rlhf.models import load_tokenizer
     from rlhf.models.reward import RewardModel
-    from rlhf.train.reward import score_texts
+    from rlhf.models.reward import score_texts
 
     rm, tok = RewardModel.from_pretrained(rm_path), load_tokenizer(rm_path)
     flat = score_texts(rm, tok, [r["prompt"] for r in rows for _ in r["responses"]],
@@ -89,12 +89,12 @@ def main(argv: list[str] | None = None) -> dict:
                     help="config overrides for every run, e.g. rm.lr=3e-4")
     ap.add_argument("--work", type=Path, default=None,
                     help="folder for the RM runs (default: RUN/rm_oracle)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/rm_oracle.json"))
+    ap.add_argument("--out", type=Path, default=Path("experiments/results/rm_oracle.json"))
     args = ap.parse_args(argv)
 
     from rlhf.config import load_config
     from rlhf.io import read_jsonl
-    from rlhf.pipeline import _cfg_with
+    from rlhf.pipeline import with_sections
     from rlhf.train.reward import train_rm
     from rlhf.world import World
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     for source, file in sources.items():
         for ep in args.epochs or [cfg.rm.epochs]:
             name = f"{source}_{ep}ep"
-            c = _cfg_with(cfg, rm={"train_file": str(file), "epochs": ep,
+            c = with_sections(cfg, rm={"train_file": str(file), "epochs": ep,
                                    "demonstrations_file": None})
             t0 = time.time()
             s = train_rm(c, work / name)

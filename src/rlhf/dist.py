@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -77,9 +78,9 @@ def wrap_ddp(model):
     return model
 
 
-def broadcast_object(obj):
-    if dist.is_initialized():
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-    return obj
+def no_sync(module, sync: bool):
+    """DDP's `no_sync()` while accumulating (`sync` False), else a null context; also a null
+    context for a module that is not DDP-wrapped, or None."""
+    if not sync and module is not None and hasattr(module, "no_sync"):
+        return module.no_sync()
+    return contextlib.nullcontext()

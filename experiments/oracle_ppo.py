@@ -1,8 +1,8 @@
 """Oracle PPO: how far does PPO get in the demo's budget when the reward is perfect?
 
-    .venv/bin/python benchmarks/oracle_ppo.py --run runs/demo [--reward gold --reward rm]
+    .venv/bin/python experiments/oracle_ppo.py --run runs/demo [--reward gold --reward rm]
         [--iterations 30 --iterations 100] [--set ppo.lr=3e-4 ...] [--prompts 300]
-        [--out benchmarks/results/oracle_ppo.json]
+        [--out experiments/results/oracle_ppo.json]
 
 For a finished pipeline run, trains PPO from the run's SFT model (its KL reference too) with the
 run's own PPO settings, once per (reward, iterations):
@@ -26,14 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # for _bench
 from _bench import write_result  # noqa: E402
 
 def train_policy(cfg, run: Path, summary: dict, reward: str, iterations: int, out: Path,
                  world) -> dict:
     """PPO from the run's SFT model against `reward` ("gold" or "rm"); returns the summary.
     `summary` is the run's summary.json."""
-    from rlhf.pipeline import _cfg_with
+    from rlhf.pipeline import with_sections
     from rlhf.train.ppo import ppo
 
     sft = summary["sft"]
@@ -47,7 +47,7 @@ def train_policy(cfg, run: Path, summary: dict, reward: str, iterations: int, ou
         overrides["reward_model"] = summary["rounds"][0]["rm"]
     else:
         raise ValueError(f"unknown reward {reward!r} (gold or rm)")
-    c = _cfg_with(cfg, ppo=overrides)
+    c = with_sections(cfg, ppo=overrides)
     return ppo(c, out, reward_fn=reward_fn)
 
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompts", type=int, default=None, help="test prompts (default: all)")
     ap.add_argument("--work", type=Path, default=None,
                     help="folder for the PPO runs (default: RUN/oracle_ppo)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/oracle_ppo.json"))
+    ap.add_argument("--out", type=Path, default=Path("experiments/results/oracle_ppo.json"))
     args = ap.parse_args(argv)
 
     from rlhf.config import load_config

@@ -1,7 +1,7 @@
 """Batched sampling with the KV cache: left-padded queries, temperature, stop at EOS.
 
 The sampler returns the log-probabilities of the tokens it drew, computed from the same
-temperature-scaled logits (with the PAD logit removed) that training uses via `policy_logits`,
+temperature-scaled logits (with the PAD logit removed) that training uses, `rl.policy_logits`,
 so rollout and training log-probs agree (spec §8.1). Everything after a row's first EOS is PAD.
 """
 
@@ -11,42 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf.data.format import DEFAULT_TEMPLATE, decode_response, encode_prompt
+from rlhf import rl
+from rlhf.models.format import DEFAULT_TEMPLATE, decode_response, encode_prompt, pad_sequences
 from rlhf.models.lm import position_ids_from_mask
 
 
-def policy_logits(logits: torch.Tensor, temperature: float, pad_id: int | None) -> torch.Tensor:
-    """Logits the policy samples from: PAD can never be drawn (spec 7.5), divided by T (7.10).
-
-    float32; the input is never modified. At most one [..., V] copy is made: the PAD fill and
-    the division by T (skipped at T = 1) run in place on it.
-    """
-    z = logits.float()
-    fresh = z is not logits                       # .float() of a half tensor is already a copy
-    if pad_id is not None and pad_id < z.size(-1):
-        idx = torch.tensor([pad_id], device=z.device)
-        z = z.index_fill_(-1, idx, float("-inf")) if fresh else \
-            z.index_fill(-1, idx, float("-inf"))
-        fresh = True
-    if temperature > 0 and temperature != 1:
-        z = z.div_(temperature) if fresh else z / temperature
-    return z
-
-
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, T] ids and attention mask with the sequences aligned on the right."""
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, n - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, n - len(s):] = 1
-    return ids, mask
-
-
 @dataclass
-class Rollout:
+class Sample:
     query: torch.Tensor          # [B, Tq] left-padded prompt ids
     query_mask: torch.Tensor     # [B, Tq]
     response: torch.Tensor       # [B, Tr] sampled ids; PAD after the first EOS
@@ -103,7 +74,7 @@ def _sample(logits: torch.Tensor, top_p: float, generator,
 def generate(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_p: float = 1.0,
              generator: torch.Generator | None = None, sampler: str = "multinomial",
-             return_hidden: bool = False) -> Rollout:
+             return_hidden: bool = False) -> Sample:
     """Sample one response per prompt. temperature = 0 decodes greedily (logprobs at T = 1).
 
     `sampler` (see `SAMPLERS`) picks how a token is drawn from the same distribution. The
@@ -114,7 +85,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: i
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     dev = next(model.parameters()).device
-    query, qmask = left_pad(prompt_ids, pad)
+    query, qmask = pad_sequences(prompt_ids, pad, side="left")
     query, qmask = query.to(dev), qmask.to(dev)
     B = query.size(0)
     mask = qmask
@@ -127,11 +98,12 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: i
     tokens, logps = [], []
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     for t in range(max_new_tokens):
-        scaled = policy_logits(next_logits, temperature if temperature > 0 else 1.0, pad)
+        scaled = rl.policy_logits(next_logits, temperature if temperature > 0 else 1.0, pad)
         if temperature > 0:
             tok = _sample(scaled, top_p, generator, sampler)
         else:
             tok = scaled.argmax(-1)
+        # log_softmax + gather: `rl.logprobs_from_logits` to rounding (tested), one kernel less
         lp = torch.log_softmax(scaled, -1).gather(-1, tok[:, None]).squeeze(-1)
         tok = torch.where(done, torch.full_like(tok, pad), tok)
         lp = torch.where(done, torch.zeros_like(lp), lp)
@@ -149,11 +121,9 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: i
             hiddens.append(out.hidden_states[-1][:, -1])
     response = torch.stack(tokens, dim=1)
     logprobs = torch.stack(logps, dim=1)
-    is_eos = response == eos
-    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
-    response_mask = (~after_eos & (response != pad)).long()
-    return Rollout(query, qmask, response, response_mask, logprobs * response_mask,
-                   is_eos.any(dim=1), torch.stack(hiddens, 1) if return_hidden else None)
+    response_mask = rl.response_mask_from_eos(response, eos, pad).long()
+    return Sample(query, qmask, response, response_mask, logprobs * response_mask,
+                   rl.has_eos(response, eos), torch.stack(hiddens, 1) if return_hidden else None)
 
 
 @torch.no_grad()

@@ -1,15 +1,15 @@
 """Copy formation: when (if ever) does pretraining teach the base model to copy from its context?
 
-    .venv/bin/python benchmarks/copy_formation.py [--config configs/demo.yaml]
+    .venv/bin/python experiments/copy_formation.py [--config configs/demo.yaml]
         [--set pretrain.model.arch=llama ...] [--corpus FILE ...] [--every 100] [--n 20]
-        [--out benchmarks/results/copy_formation.json]
+        [--out experiments/results/copy_formation.json]
 
 Runs the pipeline's own pretraining (`rlhf.train.pretrain`, the config's `pretrain` section, on
 the config's Instruction World corpus unless --corpus is given) and measures the copy probe
 (`rlhf.eval.copying`) every --every steps through its `probe` hook. Copying a detail stated
 earlier in the text is what every closed-domain task needs, and in small models it appears
 abruptly (an induction head forms), so the figure that matters is the first step at which each
-detail is copied (accuracy >= 0.9); the benchmark prints the curve and that step per detail and
+detail is copied (accuracy >= 0.9); the script prints the curve and that step per detail and
 writes JSON. Use it to compare corpora, architectures and schedules before a full pipeline run.
 One process (not under torchrun); chat-shape cases use the config's `ppo.prompt_template`.
 """
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # for _bench
 from _bench import write_result  # noqa: E402
 
 THRESHOLD = 0.9
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--every", type=int, default=100, help="probe every N optimizer steps")
     ap.add_argument("--n", type=int, default=20, help="stories (x 2 shapes x 5 details)")
     ap.add_argument("--keep", type=Path, help="keep the pretraining run here")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/copy_formation.json"))
+    ap.add_argument("--out", type=Path, default=Path("experiments/results/copy_formation.json"))
     args = ap.parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         ap.error("runs in one process: start it with python, not torchrun")

@@ -1,8 +1,8 @@
 """The demo's results over seeds: one table from the runs' report.json files, against the
 targets of the demo issue. This is what the README's results table is.
 
-    .venv/bin/python benchmarks/demo_seeds.py runs/demo_s0 runs/demo_s1 runs/demo_s2
-            [--out benchmarks/results/demo_seeds.json]
+    .venv/bin/python experiments/demo_seeds.py runs/demo_s0 runs/demo_s1 runs/demo_s2
+            [--out experiments/results/demo_seeds.json]
 
 Each run is `rlhf pipeline --config configs/demo.yaml --set seed=N --out runs/demo_sN` (seed 0
 is `make demo`). Prints a markdown table per run, the targets met or not, and the wall time of
@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # for _bench
 from _bench import write_result  # noqa: E402
 
 ROWS = ("base", "base_prompted", "sft", "ppo_r1", "ppo_ptx_r1", "ppo_r2", "ppo_ptx_r2")

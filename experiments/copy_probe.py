@@ -1,7 +1,7 @@
 """Copy probe: can the models of a pipeline run copy a detail from their context?
 
-    .venv/bin/python benchmarks/copy_probe.py --run runs/demo [--model NAME=PATH ...]
-        [--n 100] [--out benchmarks/results/copy_probe.json]
+    .venv/bin/python experiments/copy_probe.py --run runs/demo [--model NAME=PATH ...]
+        [--n 100] [--out experiments/results/copy_probe.json]
 
 Probes the run's base model (pretrain/final), its SFT model and its last PPO / PPO-ptx policies
 (or any HF causal LMs given with --model) with rlhf.eval.copying: a source text states a town, a
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # for _bench
 from _bench import write_result  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH")
     ap.add_argument("--n", type=int, default=100, help="stories (x 2 shapes x 5 details)")
     ap.add_argument("--seed", type=int, default=0, help="world seed and case stream")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/copy_probe.json"))
+    ap.add_argument("--out", type=Path, default=Path("experiments/results/copy_probe.json"))
     args = ap.parse_args(argv)
 
     from rlhf.eval.copying import DETAILS, SHAPES, copy_probe

@@ -1,1 +1,0 @@
-"""CLI command groups, mounted by rlhf.cli."""
