@@ -124,7 +124,7 @@ def measure_rollout(arch: str, prompts: int = 8, prompt_len: int = 32,
     try:
         from rlhf.models.generation import generate
     except ImportError:
-        from rlhf.generation import generate
+        from rlhf.models.generation import generate
 
     class _Tok:                                      # no EOS can be drawn: full length
         eos_token_id, pad_token_id = -1, 1

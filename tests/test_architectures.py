@@ -8,14 +8,12 @@ import pytest
 import torch
 
 import archs
-from rlhf.data.format import encode_prompt
+from rlhf.models.format import encode_prompt
 from rlhf.models import load_model, load_tokenizer, position_ids_from_mask
 from rlhf.models.reward import RewardModel
 
-try:                                     # the generator is moving to rlhf.models.generation
-    from rlhf.models.generation import generate, policy_logits
-except ImportError:                      # pragma: no cover - before the move
-    from rlhf.generation import generate, policy_logits
+from rlhf.models.generation import generate
+from rlhf.rl import policy_logits
 
 PROMPTS = ["Repeat: the cat", "Repeat: Anna sees the red bird near the river town",
            "the dog"]

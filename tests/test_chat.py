@@ -10,7 +10,7 @@ import pytest
 import archs
 from rlhf.data.chat import (check_chat_template, has_chat_template, render_prompt_ids,
                             render_prompt_text, render_sft_example, uses_chat_template)
-from rlhf.data.format import encode_prompt, encode_response
+from rlhf.models.format import encode_prompt, encode_response
 from rlhf.errors import UserError
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"

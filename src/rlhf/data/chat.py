@@ -4,7 +4,7 @@ for SFT, the RM, PPO, evaluation and the labeling app's candidate generation.
 When the tokenizer has a chat template (an instruct model's tokenizer_config.json), the prompt is
 one user turn rendered with `apply_chat_template(..., add_generation_prompt=True)`: the model
 continues right after the assistant header it was tuned on. Without one, the project's plain
-template ("User: {prompt}\\nAssistant:", `rlhf.data.format`) is used, as before.
+template ("User: {prompt}\\nAssistant:", `rlhf.models.format`) is used, as before.
 
 An SFT example under a chat template is the rendered prompt followed by the assistant's turn,
 tokenised on its own (the format.py rule: prompt and response are never re-tokenised together,
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlhf.data.format import DEFAULT_TEMPLATE, encode_prompt, encode_response, format_prompt
+from rlhf.models.format import DEFAULT_TEMPLATE, encode_prompt, encode_response, format_prompt
 from rlhf.errors import UserError
 
 _PROBE = "Name three colours."
