@@ -260,7 +260,6 @@ def child_ours(args) -> None:
     from common import synthetic_prompts  # the harness's prompts
 
     from rlhf.config import Config
-    from rlhf.models.cpu import autocast_dtype
     from rlhf.models.value import response_logprobs
     from rlhf.train.ppo import ppo
 
@@ -306,12 +305,13 @@ def child_ours(args) -> None:
                                              "response/eos_fraction", "policy/entropy",
                                              "policy/first_minibatch_ratio_dev") if k in m}}
             if args.bare_every and args.setting == "ppo" and it % args.bare_every == 0 and it:
-                msg["bare"] = bare_phases(ep, s["models"], cfg, autocast_dtype(autocast))
+                msg["bare"] = bare_phases(ep, s["models"], cfg, s["models"].autocast)
             ch.send(**msg)
             ch.wait()
             state["last"] = time.perf_counter()
 
-    ppo(cfg, d / "run", hooks=hooks, reward_fn=_rewards(args.reward), autocast=autocast)
+    ppo(cfg, d / "run", hooks=hooks, reward_fn=_rewards(args.reward),
+        precision="bf16" if autocast else "fp32")
     ch.send(type="done", rss_mb=peak_rss_mb(), parity=state.get("parity"))
 
 

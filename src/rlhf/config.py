@@ -39,6 +39,21 @@ class TinyModelConfig(Section):
     dropout: float = 0.0            # pretraining dropout (SFT sets residual dropout itself)
 
 
+#: `precision` of every recipe (rlhf.models.precision): "fp32"; "bf16" autocast with fp32
+#: weights; "bf16-weights" (frozen models only: PPO's reference and reward model); "auto" = bf16
+#: where the hardware runs it natively (bf16 GPUs, AMX / AVX512-BF16 CPUs), else fp32. The
+#: embedded configs say fp32, which their figures were measured with.
+Precision = Literal["auto", "fp32", "bf16", "bf16-weights"]
+
+
+class LoRAConfig(Section):
+    """A LoRA adapter (rlhf.models.lora) instead of training every weight: `r` = 0 is off."""
+    r: int = 0                      # rank (8-64 are usual); 0 trains the full model
+    alpha: float = 16.0             # scale alpha / r
+    dropout: float = 0.0
+    target_modules: list[str] | None = None  # default: every attention and MLP projection
+
+
 class OptimFields(Section):
     """Optimiser and schedule fields shared by the supervised steps (flat: `sft.lr=1e-5`)."""
     lr: float = 1e-3
@@ -49,6 +64,8 @@ class OptimFields(Section):
     grad_clip: float | None = 1.0   # global-norm clipping; None disables
     warmup_steps: int = 0
     final_lr_fraction: float = 0.1  # paper: cosine decay to 10 % of peak
+    precision: Precision = "fp32"   # see `Precision` above
+    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory
 
 
 class PretrainConfig(OptimFields):
@@ -98,6 +115,7 @@ class SFTConfig(OptimFields):
     ptx_files: list[str] = Field(default_factory=list)
     log_every: int = 10
     max_steps: int | None = None    # stop early (for tests); None = all epochs
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)  # final/ holds the merged model
 
 
 class RMConfig(OptimFields):
@@ -120,6 +138,7 @@ class RMConfig(OptimFields):
     eval_every: int | None = None   # held-out metrics every N steps (and always at the end)
     save_every: int | None = None   # resumable checkpoints every N steps (None: final only)
     max_steps: int | None = None
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)  # on the backbone; the head trains fully
 
 
 class PPOConfig(Section):
@@ -142,8 +161,11 @@ class PPOConfig(Section):
     max_new_tokens: int = 64
     max_prompt_length: int = 192
     temperature: float = 1.0        # paper: rollout temperature 1
-    autocast: Literal["off", "bf16"] = "off"  # bf16 autocast of every forward (fp32 weights);
-                                    # the invariants then use BF16_RATIO_TOL (train/ppo/checks.py)
+    precision: Precision = "fp32"   # of every forward (see `Precision`); under bf16 the
+                                    # invariants use BF16_RATIO_TOL (train/ppo/checks.py)
+    gradient_checkpointing: bool = False  # for the trained policy and value model
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)  # policy and value model; the KL
+                                    # reference is then the policy with its adapter disabled
     no_eos_penalty: float | None = -1.0  # score for responses without EOS (spec 7.19); None = off
     # reward
     beta_kl: float = 0.02           # paper: β = 0.02, fixed

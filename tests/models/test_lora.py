@@ -13,7 +13,6 @@ import archs
 from rlhf.errors import UserError
 from rlhf.models.lm import load_model
 from rlhf.models.lora import (DEFAULT_TARGETS, adapter_info, apply_lora, is_lora,
-                              load_model_or_adapter, load_reward_model_or_adapter,
                               reference_context, save_lora)
 from rlhf.models.reward import RewardModel, load_reward_model
 
@@ -140,15 +139,12 @@ def test_adapter_and_merged_model_round_trip(tmp_path, arch):
     assert (out["adapter"] / "adapter_model.safetensors").exists()
     assert adapter_info(out["adapter"])["kind"] == "causal_lm"
 
-    adapter = load_model_or_adapter(out["adapter"])
-    assert is_lora(adapter) and not any(p.requires_grad for p in adapter.parameters())
-    assert torch.equal(_logits(adapter, ids), want)
-    with reference_context(adapter):
-        assert torch.equal(_logits(adapter, ids), _logits(load_model(base_dir), ids))
-    assert any(p.requires_grad for p in load_model_or_adapter(out["adapter"],
-                                                              trainable=True).parameters())
+    adapter = load_model(out["adapter"])      # an adapter folder loads as base + adapter, merged
+    assert not is_lora(adapter)
+    torch.testing.assert_close(_logits(adapter, ids), want, atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(_logits(load_model(base_dir), ids), want, atol=1e-3)
 
-    merged = load_model_or_adapter(out["merged"])
+    merged = load_model(out["merged"])
     assert not is_lora(merged) and adapter_info(out["merged"]) is None
     torch.testing.assert_close(_logits(merged, ids), want, atol=2e-5, rtol=1e-5)
 
@@ -164,13 +160,13 @@ def test_reward_adapter_and_merged_round_trip(tmp_path):
         want = rm(ids, mask)
     out = save_lora(rm, tmp_path / "rm_adapter", archs.tokenizer(), merged=True)
     assert adapter_info(out["adapter"])["kind"] == "reward"
-    back = load_reward_model_or_adapter(out["adapter"])
+    back = load_reward_model(out["adapter"])
     with torch.no_grad():
-        assert torch.equal(back(ids, mask), want)
+        torch.testing.assert_close(back(ids, mask), want, atol=1e-5, rtol=1e-5)
         merged = load_reward_model(out["merged"])
         torch.testing.assert_close(merged(ids, mask), want, atol=1e-5, rtol=1e-5)
-    with pytest.raises(UserError, match="reward-model adapter"):
-        load_model_or_adapter(out["adapter"])
+    with pytest.raises(UserError, match="reward model's LoRA adapter"):
+        load_model(out["adapter"])
 
 
 def test_adapter_without_its_base_is_a_clean_error(tmp_path):
@@ -181,11 +177,11 @@ def test_adapter_without_its_base_is_a_clean_error(tmp_path):
     conf["base_model_name_or_path"] = str(tmp_path / "gone")
     conf_path.write_text(json.dumps(conf))
     with pytest.raises(UserError) as e:
-        load_model_or_adapter(out)
+        load_model(out)
     assert e.value.field == "base_model_name_or_path" and str(tmp_path / "gone") in str(e.value)
     assert e.value.path == str(conf_path)
     conf["base_model_name_or_path"] = None
     conf_path.write_text(json.dumps(conf))
     with pytest.raises(UserError, match="which model it adapts") as e:
-        load_model_or_adapter(out)
+        load_model(out)
     assert e.value.field == "base_model_name_or_path"

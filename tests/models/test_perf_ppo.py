@@ -24,7 +24,6 @@ from rlhf.models import load_model, load_tokenizer
 from rlhf.data.prompts import load_prompts
 from rlhf.models import cpu as cpu_module
 from rlhf.models.cpu import autocast_context
-from rlhf.models.cpu import autocast_dtype
 from rlhf.models.cpu import cpu_threads_hint
 from rlhf.models.cpu import fuse_activations
 from rlhf.models.cpu import tune_cpu_allocator
@@ -69,9 +68,9 @@ def word_count(prompts, responses):
     return [float(len(r.split())) for r in responses]
 
 
-def _rollout(setup, autocast=None, **over):
+def _rollout(setup, precision=None, **over):
     p = _cfg(setup, **over).ppo
-    actors = build_models(p, autocast=autocast)
+    actors = build_models(p, precision=precision)
     prompts = load_prompts(p.prompts_file)[:8]
     texts, ids, _ = encode_prompts(actors.tokenizer, prompts, p.prompt_template, 24)
     return p, actors, rollout(actors, p, texts, ids, torch.Generator().manual_seed(0))
@@ -258,7 +257,7 @@ def test_bf16_logprob_parity(setup):
     """bf16 autocast sampler log-probs vs an fp32 forward of the same tokens:
     max |Δ log π| ≤ BF16_MAX_ABS and mean ≤ BF16_MEAN_ABS (measured on the benchmark model:
     see benchmarks/RESULTS.md)."""
-    p, actors, ep = _rollout(setup, autocast="bf16")
+    p, actors, ep = _rollout(setup, precision="bf16")
     assert actors.autocast is torch.bfloat16
     with torch.no_grad():
         lp32 = response_logprobs(actors.lm, ep.query, ep.query_mask, ep.response, ep.mask,
@@ -285,15 +284,13 @@ def test_bf16_ppo_runs_with_its_invariants(setup, tmp_path):
         if event == "iteration":
             rows.append(state["metrics"])
 
-    ppo(_cfg(setup, iterations=2, autocast="bf16"), tmp_path / "run", hooks=hooks)
-    assert seen["autocast"] is torch.bfloat16           # the config field `ppo.autocast`
+    ppo(_cfg(setup, iterations=2, precision="bf16"), tmp_path / "run", hooks=hooks)
+    assert seen["autocast"] is torch.bfloat16           # the config field `ppo.precision`
     for m in rows:
         assert 0 < m["policy/first_minibatch_ratio_dev"] <= BF16_RATIO_TOL
         assert math.isfinite(m["policy/loss"]) and math.isfinite(m["value/loss"])
-    with pytest.raises(Exception, match="autocast"):
-        autocast_dtype("fp8")
-    with pytest.raises(Exception, match="ppo.autocast"):
-        _cfg(setup, autocast="fp8")
+    with pytest.raises(Exception, match="ppo.precision"):
+        _cfg(setup, precision="fp8")
 
 
 def test_cpu_threads_hint(monkeypatch):

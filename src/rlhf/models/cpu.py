@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from transformers.activations import FastGELUActivation, NewGELUActivation
 
 from rlhf import dist
-from rlhf.errors import UserError
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
@@ -110,17 +109,3 @@ def autocast_context(dtype: torch.dtype | None, device: torch.device | None = No
     stack.enter_context(torch.autocast(dev.type, dtype=dtype))
     stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
     return stack
-
-
-AUTOCAST = {"off": None, "none": None, "fp32": None, "bf16": torch.bfloat16,
-            "bfloat16": torch.bfloat16}
-
-
-def autocast_dtype(value: str | torch.dtype | None, field: str = "ppo.autocast") -> torch.dtype | None:
-    """The autocast dtype a setting names (\"bf16\", \"off\", ...; a dtype passes through)."""
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    if str(value).lower() not in AUTOCAST:
-        raise UserError(f"autocast must be one of {sorted(AUTOCAST)}, got {value!r}",
-                        field=field)
-    return AUTOCAST[str(value).lower()]

@@ -9,8 +9,10 @@
     save_lora(model, out_dir, tokenizer)   the adapter in PEFT's format (adapter_config.json +
                                            adapter_model.safetensors), + `merged/`, a plain
                                            Hugging Face model with the adapter folded in
-    load_model_or_adapter(path)            a plain HF folder, or an adapter folder on top of the
-                                           base its adapter_config.json names
+    merged_adapter(path)                   an adapter folder as a plain model: its base (named by
+                                           adapter_config.json) with the adapter folded in; what
+                                           `models.lm.load_model` and `models.reward.
+                                           load_reward_model` return for an adapter folder
 
 LoRA (Hu et al. 2021) replaces W x by W x + (alpha / r) B A x with A [r, in], B [out, r], B = 0 at
 the start, so an adapted model starts exactly at its base and only A and B train (and, for the
@@ -18,7 +20,7 @@ reward and value models, the scalar head). A and B stay fp32 whatever the base's
 
 A reward-model adapter folder holds the backbone's PEFT adapter plus `reward_head.safetensors`
 (head weight and bias, reward_bias) and `rlhf_lora.json` ({"kind": "reward"}); its base is
-the causal LM (or reward model) the RM started from; `load_reward_model_or_adapter` reads it.
+the causal LM (or reward model) the RM started from.
 
 Merging never touches the live model: the merged weights W + (alpha / r) B A are computed into a
 new state dict on the CPU (peak: one extra CPU copy of the adapted matrices), so a checkpoint
@@ -38,7 +40,6 @@ import torch
 from torch import nn
 
 from rlhf.errors import UserError
-from rlhf.models.lm import load_model
 
 #: Default LoRA targets per `config.model_type`: every projection of attention and MLP (the
 #: QLoRA recipe: adapting all of them matches full fine-tuning better than q/v alone). The
@@ -89,8 +90,10 @@ def _peft_models(model: nn.Module) -> list[nn.Module]:
 
 
 def _is_reward_model(model: nn.Module) -> bool:
-    from rlhf.models.reward import RewardModel
-    return isinstance(model, RewardModel)
+    """A `rlhf.models.reward.RewardModel` (a backbone and a scalar head; not imported here, as
+    models.reward loads adapters through this module)."""
+    return isinstance(getattr(model, "backbone", None), nn.Module) and \
+        isinstance(getattr(model, "head", None), nn.Linear) and hasattr(model, "reward_bias")
 
 
 def _local_dir(name: str | None) -> str | None:
@@ -236,9 +239,8 @@ def save_lora(model: nn.Module, out_dir: str | Path, tokenizer=None, *,
     if merged:
         dest = out / MERGED
         plain = merged_copy(peft_model)
-        if reward:
-            from rlhf.models.reward import RewardModel
-            RewardModel(plain, copy.deepcopy(model.head).cpu(),
+        if reward:      # the same RewardModel class around the merged backbone
+            type(model)(plain, copy.deepcopy(model.head).cpu(),
                         float(model.reward_bias)).save_pretrained(dest, tokenizer)
         else:
             plain.save_pretrained(str(dest))
@@ -279,46 +281,44 @@ def adapter_info(path: str | Path) -> dict[str, Any] | None:
     return {"base": base_path, "kind": kind}
 
 
-def load_model_or_adapter(path: str | Path, dtype: torch.dtype | None = None, *,
-                          trainable: bool = False) -> nn.Module:
-    """A causal LM from `path`: a plain Hugging Face folder (`load_model`), or a LoRA adapter
-    folder, loaded on top of the base its adapter_config.json names (a PeftModel; its adapter
-    trainable when `trainable`, e.g. to continue training, else frozen)."""
-    info = adapter_info(path)
-    if info is None:
-        return load_model(path, dtype)
-    if info["kind"] == "reward":
-        raise UserError("this is a reward-model adapter, not a causal LM's",
-                        path=str(path))
-    base = load_model(info["base"], dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return _peft().PeftModel.from_pretrained(base, str(path), is_trainable=trainable)
-
-
-def load_reward_model_or_adapter(path: str | Path, dtype: torch.dtype | None = None, *,
-                                 trainable: bool = False) -> nn.Module:
-    """A RewardModel from `path`: a reward model (or causal LM) folder (`load_reward_model`), or
-    a reward-model adapter folder written by `save_lora`, on top of its base."""
+def merged_adapter(base: nn.Module, path: str | Path, kind: str) -> nn.Module:
+    """The adapter in folder `path` loaded onto `base` (the model its adapter_config.json
+    names, already loaded: a causal LM, or a RewardModel for kind "reward") and folded in: a
+    plain model, the same function as the adapted one. For a reward model the head and the
+    normalisation bias come from the folder too."""
     from safetensors.torch import load_file
 
-    from rlhf.models.reward import load_reward_model
-
-    info = adapter_info(path)
-    if info is None:
-        return load_reward_model(path, dtype)
-    if info["kind"] != "reward":
-        raise UserError("this is a causal LM's adapter, not a reward model's (no "
-                        f"{REWARD_HEAD})", path=str(path))
-    rm = load_reward_model(info["base"], dtype)
+    target = base.backbone if kind == "reward" else base
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        rm.backbone = _peft().PeftModel.from_pretrained(rm.backbone, str(path),
-                                                        is_trainable=trainable)
+        peft_model = _peft().PeftModel.from_pretrained(target, str(path), is_trainable=False)
+    plain = merged_copy(peft_model)
+    if kind != "reward":
+        return plain
+    base.backbone = plain
     head = load_file(str(Path(path) / REWARD_HEAD))
     with torch.no_grad():
-        rm.head.weight.copy_(head["weight"])
-        rm.head.bias.copy_(head["bias"])
-        rm.reward_bias.copy_(head["reward_bias"].reshape(()))
-    rm.head.requires_grad_(trainable)
-    return rm
+        base.head.weight.copy_(head["weight"])
+        base.head.bias.copy_(head["bias"])
+        base.reward_bias.copy_(head["reward_bias"].reshape(()))
+    return base
+
+
+def load_lora_weights(model: nn.Module, path: str | Path) -> None:
+    """Put the adapter (and, for a reward model, the head and bias) saved by `save_lora` in
+    `path` into the live LoRA `model` (resuming a run): the base weights are untouched."""
+    from safetensors.torch import load_file
+
+    reward = _is_reward_model(model)
+    peft_model = model.backbone if reward else model
+    state = load_file(str(Path(path) / "adapter_model.safetensors"))
+    result = _peft().set_peft_model_state_dict(peft_model, state)
+    if getattr(result, "unexpected_keys", None):
+        raise RuntimeError(f"adapter weights that this model does not have: "
+                           f"{result.unexpected_keys[:5]}")
+    if reward:
+        head = load_file(str(Path(path) / REWARD_HEAD))
+        with torch.no_grad():
+            model.head.weight.copy_(head["weight"])
+            model.head.bias.copy_(head["bias"])
+            model.reward_bias.copy_(head["reward_bias"].reshape(()))

@@ -37,6 +37,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from rlhf import dist
 from rlhf.errors import UserError
 from rlhf.models.format import DEFAULT_TEMPLATE, encode_pair, pad_sequences
+from rlhf.models.lora import adapter_info, merged_adapter
 from rlhf.models.lm import (context_length, disable_dropout, load_model,
                             position_ids_from_mask)
 
@@ -193,7 +194,14 @@ def _fold_delta(w: torch.Tensor, c: float) -> torch.Tensor:
 
 
 def load_reward_model(path: str | Path, dtype: torch.dtype | None = None) -> RewardModel:
-    """An RM checkpoint, or (a fresh head on) a causal LM when the path holds one."""
+    """An RM checkpoint, (a fresh head on) a causal LM when the path holds one, or a reward
+    model's LoRA adapter folder (its base with the adapter folded in, its head and bias)."""
+    info = adapter_info(path)
+    if info is not None:
+        if info["kind"] != "reward":
+            raise UserError("this is a causal LM's LoRA adapter, not a reward model's",
+                            path=str(path))
+        return merged_adapter(load_reward_model(info["base"], dtype), path, "reward")
     conf_path = Path(path) / "config.json"
     if conf_path.exists():
         archs = json.loads(conf_path.read_text()).get("architectures") or []

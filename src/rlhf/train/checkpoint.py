@@ -7,6 +7,7 @@ to a temporary folder and renamed; `latest` names it only once it is complete.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from torch import nn
 
 from rlhf import dist
 from rlhf.io import atomic_path, write_text_atomic
+from rlhf.models.lora import MERGED, is_lora, load_lora_weights, save_lora
 
 
 def rng_state() -> dict:
@@ -37,9 +39,13 @@ def save_checkpoint(path: str | Path, model, tokenizer, optimizer=None, schedule
     path = Path(path)
     if dist.is_main():
         with atomic_path(path, is_dir=True) as tmp:
-            dist.unwrap(model).save_pretrained(str(tmp), safe_serialization=True)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(str(tmp))
+            m = dist.unwrap(model)
+            if is_lora(m):                  # the adapter only (PEFT's format): resumable
+                save_lora(m, tmp, tokenizer)
+            else:
+                m.save_pretrained(str(tmp), safe_serialization=True)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(str(tmp))
             if optimizer is not None:
                 torch.save({"optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict() if scheduler else None,
@@ -107,3 +113,32 @@ def save_weights_exact(module: nn.Module, path: Path) -> None:
 
 def load_weights_exact(module: nn.Module, path: Path) -> None:
     load_model(module, str(path), strict=True)
+
+
+def load_model_weights(model, path: Path) -> None:
+    """Load a checkpoint folder's weights into `model` in place (resume): a LoRA model's
+    adapter, or a plain model's full state dict."""
+    m = dist.unwrap(model)
+    if is_lora(m):
+        load_lora_weights(m, path)
+    else:
+        m.load_state_dict(load_weights(path, m))
+
+
+def save_final_model(model, tokenizer, folder: Path) -> dict[str, str]:
+    """The finished model in Hugging Face format at `folder` (loadable with plain transformers).
+    A LoRA model writes its adapter (PEFT's format) to `<folder>_adapter/` and the model with the
+    adapter merged in to `folder`; `rlhf` loads either path."""
+    m = dist.unwrap(model)
+    if not is_lora(m):
+        save_checkpoint(folder, m, tokenizer)
+        return {"model": str(folder)}
+    adapter = folder.with_name(folder.name + "_adapter")
+    if dist.is_main():
+        with atomic_path(adapter, is_dir=True) as tmp:
+            save_lora(m, tmp, tokenizer, merged=True)
+        with atomic_path(folder, is_dir=True) as tmp:
+            os.rmdir(tmp)
+            os.replace(adapter / MERGED, tmp)
+    dist.barrier()
+    return {"model": str(folder), "adapter": str(adapter)}

@@ -30,8 +30,29 @@ from rlhf.errors import UserError
 from rlhf.models.lm import IGNORE_INDEX, token_nll_sum
 from rlhf.rl.optim import cosine_to_fraction
 from rlhf.runs import Run
-from rlhf.train.checkpoint import (latest_checkpoint, load_trainer_state, load_weights,
+from rlhf.models.cpu import autocast_context
+from rlhf.models.lm import enable_gradient_checkpointing
+from rlhf.models.lora import apply_lora
+from rlhf.models.precision import Precision, resolve_precision
+from rlhf.train.checkpoint import (latest_checkpoint, load_model_weights, load_trainer_state,
                                    mark_latest, save_checkpoint)
+
+
+def prepare_model(model, section, name: str):
+    """Set up a model a recipe trains from its config section `name` (sft, rm, ppo): the
+    precision (bf16-weights only for a LoRA run's frozen base), a LoRA adapter when `lora.r` >
+    0, gradient checkpointing. Returns (the model to train, its resolved Precision)."""
+    lora = getattr(section, "lora", None)
+    use_lora = lora is not None and lora.r > 0
+    precision = resolve_precision(section.precision, dist.device(), trainable=not use_lora,
+                                  field=f"{name}.precision")
+    precision.cast(model)
+    if use_lora:
+        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules,
+                           field=f"{name}.lora")
+    if section.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model, precision
 
 
 class Objective(Protocol):
@@ -127,7 +148,8 @@ def fit(model, tokenizer, examples: Sequence, collate_fn: Callable, cfg, *, epoc
         halt_after: int | None = None, max_steps: int | None = None,
         on_epoch_end: Callable[[int, int], None] | None = None,
         on_eval: Callable[[int], dict] | None = None, eval_every: int | None = None,
-        load_checkpoint: Callable[[Path], None] | None = None, desc: str = "train") -> dict:
+        load_checkpoint: Callable[[Path], None] | None = None,
+        autocast: torch.dtype | None = None, desc: str = "train") -> dict:
     """Train `model` on `examples` (AdamW + cosine to 10 %); returns the last step's metrics
     with `step`, `total_steps`, `halted` and `sequences` (forwarded, all ranks).
 
@@ -137,7 +159,8 @@ def fit(model, tokenizer, examples: Sequence, collate_fn: Callable, cfg, *, epoc
     steps; `checkpoints/latest` names the newest one for
     `resume`. `halt_after` stops after that step as a kill would: with only the checkpoints
     written so far (tests of exact resume use it). `load_checkpoint(path)` loads a checkpoint's weights into `model` (default: the
-    HF folder's tensors). `on_eval(step)` returns metrics logged every `eval_every` steps.
+    HF folder's tensors, or a LoRA model's adapter). `on_eval(step)` returns metrics logged every
+    `eval_every` steps. `autocast` (e.g. torch.bfloat16) runs the forwards under autocast.
     """
     objective = objective or LanguageModeling()
     plan = BatchPlan(len(examples), cfg.batch_size, cfg.micro_batch_size, seed)
@@ -153,7 +176,7 @@ def fit(model, tokenizer, examples: Sequence, collate_fn: Callable, cfg, *, epoc
         if load_checkpoint is not None:
             load_checkpoint(last)
         else:
-            dist.unwrap(model).load_state_dict(load_weights(last, model))
+            load_model_weights(model, last)
         step = load_trainer_state(last, optimizer, scheduler)["step"]
     ddp_model = dist.wrap_ddp(model)
     ddp_model.train()
@@ -177,7 +200,8 @@ def fit(model, tokenizer, examples: Sequence, collate_fn: Callable, cfg, *, epoc
         stats = None
         for k, batch in enumerate(micro):
             with dist.no_sync(ddp_model, k == len(micro) - 1):
-                loss_sum, st = objective.loss(ddp_model, batch)
+                with autocast_context(autocast):
+                    loss_sum, st = objective.loss(ddp_model, batch)
                 (loss_sum * dist.world_size() / max(n_global, 1)).backward()
             stats = st if stats is None else stats + st
             tokens += int(batch["attention_mask"].sum())

@@ -22,7 +22,7 @@ from rlhf.runs import Run
 from rlhf import dist
 from rlhf.models.lm import evaluate_nll
 from rlhf.train.checkpoint import save_checkpoint
-from rlhf.train.loop import fit
+from rlhf.train.loop import fit, prepare_model
 
 
 def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
@@ -54,6 +54,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
     else:
         torch.manual_seed(cfg.seed)  # same init on every rank
         model = build_tiny_model(p.model, tokenizer)
+    model, precision = prepare_model(model, p, "pretrain")
     blocks = pack_blocks(tokenizer, docs, p.block_size, p.max_tokens)
     copy_ids = plain_token_ids(tokenizer)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -86,7 +87,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
     metrics = fit(model, tokenizer, train, collate_blocks, p, epochs=p.epochs, run=run,
                   seed=cfg.seed, resume=resume, save_every=p.save_every, halt_after=halt_after,
                   max_steps=p.max_steps, on_eval=on_eval, eval_every=p.eval_every,
-                  desc="pretrain")
+                  autocast=precision.autocast_dtype, desc="pretrain")
     summary = {"train_tokens": int(blocks.numel()), "copy_blocks": n_copy,
                "copy_warmup_steps": p.copy_warmup_steps, "params": model.num_parameters(),
                "steps": metrics["step"], "final_train_loss": metrics.get("train/loss")}

@@ -28,11 +28,12 @@ from rlhf.io import write_json_atomic
 from rlhf.models import context_length, load_model, load_tokenizer
 from rlhf.models.format import DEFAULT_TEMPLATE
 from rlhf.models.generation import generate_texts
+from rlhf.models.lora import is_lora, load_lora_weights
 from rlhf.models.reward import RewardModel, normalize_reward, score_texts
 from rlhf.rl.ranking import batched_ranking_loss, pair_stats
 from rlhf.runs import Run
-from rlhf.train.checkpoint import save_checkpoint
-from rlhf.train.loop import fit
+from rlhf.train.checkpoint import save_final_model
+from rlhf.train.loop import fit, prepare_model
 
 
 def _forward_batch(rm, batch: dict, device) -> torch.Tensor:
@@ -128,6 +129,7 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
     device = dist.device()
     tokenizer = load_tokenizer(r.model)
     rm = RewardModel.from_causal_lm(r.model).to(device)   # dropout off (spec 7.9)
+    rm, precision = prepare_model(rm, r, "rm")
     # Eq. 1 is shift-invariant: the head bias gets an exactly-zero gradient, which Adam would
     # turn into ±lr noise steps. Keep it at 0; the normalisation bias sets the offset instead.
     rm.head.bias.requires_grad_(False)
@@ -155,13 +157,17 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
         return {f"valid/{k}": v for k, v in held_out.items()}
 
     def load_checkpoint(path: Path) -> None:     # undoes the bias fold of the HF format
-        rm.load_state_dict(RewardModel.from_pretrained(path).state_dict())
+        if is_lora(rm):
+            load_lora_weights(rm, path)
+        else:
+            rm.load_state_dict(RewardModel.from_pretrained(path).state_dict())
 
     metrics = fit(rm, tokenizer, train, partial(collate_rankings, pad_id=pad_id), r,
                   epochs=r.epochs, run=run, seed=cfg.seed, objective=RankingObjective(device),
                   resume=resume, save_every=r.save_every, halt_after=halt_after,
                   max_steps=r.max_steps, on_eval=on_eval if valid else None,
-                  eval_every=r.eval_every, load_checkpoint=load_checkpoint, desc="rm")
+                  eval_every=r.eval_every, load_checkpoint=load_checkpoint,
+                  autocast=precision.autocast_dtype, desc="rm")
     if metrics["halted"]:
         run.close()
         return {"steps": metrics["step"], "halted": True}
@@ -181,8 +187,7 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
     if valid:
         summary["valid"] = evaluate_rankings(rm, valid, pad_id, micro_eval, train_labelers)
         run.log(step, summary["valid"], prefix="valid/")
-    save_checkpoint(out / "final", rm, tokenizer)
-    summary["model"] = str(out / "final")
+    summary.update(save_final_model(rm, tokenizer, out / "final"))
     run.finish(summary)
     return summary
 

@@ -18,8 +18,8 @@ from rlhf.models import context_length, load_model, load_tokenizer, set_dropout
 from rlhf.runs import Run
 from rlhf import dist
 from rlhf.models.lm import evaluate_nll
-from rlhf.train.checkpoint import save_checkpoint
-from rlhf.train.loop import fit
+from rlhf.train.checkpoint import save_final_model
+from rlhf.train.loop import fit, prepare_model
 
 
 def sft(cfg: Config, out_dir: str | Path, resume: bool = False,
@@ -32,6 +32,7 @@ def sft(cfg: Config, out_dir: str | Path, resume: bool = False,
     tokenizer = load_tokenizer(s.model)
     model = load_model(s.model)
     set_dropout(model, s.residual_dropout)
+    model, precision = prepare_model(model, s, "sft")
     max_len = min(s.max_length, context_length(model))
     encode = partial(encode_all, tokenizer, max_length=max_len, template=s.prompt_template,
                      loss_on_prompt=s.loss_on_prompt)
@@ -57,15 +58,15 @@ def sft(cfg: Config, out_dir: str | Path, resume: bool = False,
 
     metrics = fit(model, tokenizer, train, col, s, epochs=s.epochs, run=run, seed=cfg.seed,
                   resume=resume, halt_after=halt_after, max_steps=s.max_steps,
-                  epoch_checkpoints=True, on_epoch_end=on_epoch_end, desc="sft")
+                  epoch_checkpoints=True, on_epoch_end=on_epoch_end,
+                  autocast=precision.autocast_dtype, desc="sft")
     summary = {"examples": len(train), "steps": metrics["step"],
                "final_train_loss": metrics.get("train/loss"), "epochs": history}
     if metrics["halted"]:
         run.close()
         return {**summary, "halted": True}
     set_dropout(model, 0.0)
-    save_checkpoint(out / "final", model, tokenizer)
-    summary["model"] = str(out / "final")
+    summary.update(save_final_model(model, tokenizer, out / "final"))
     summary["epoch_checkpoints"] = sorted(str(p) for p in run.checkpoints.glob("epoch-*"))
     run.finish(summary)
     return summary

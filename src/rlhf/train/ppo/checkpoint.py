@@ -13,8 +13,9 @@ import torch
 
 from rlhf import dist
 from rlhf.io import atomic_path, write_text_atomic
-from rlhf.train.checkpoint import (load_weights, load_weights_exact, rng_state, save_weights_exact,
-                                   set_rng_state)
+from rlhf.models.lora import is_lora, save_lora
+from rlhf.train.checkpoint import (load_model_weights, load_weights_exact, rng_state,
+                                   save_final_model, save_weights_exact, set_rng_state)
 from rlhf.train.ppo.models import PPOModels
 from rlhf.train.ppo.update import Learner
 
@@ -23,8 +24,11 @@ def save_ppo_checkpoint(path: Path, models: PPOModels, learner: Learner, state: 
     """policy (HF format + tokenizer, loadable as is) + exact value/head weights + trainer state."""
     if dist.is_main():
         with atomic_path(path, is_dir=True) as tmp:
-            models.lm.save_pretrained(str(tmp), safe_serialization=True)
-            models.tokenizer.save_pretrained(str(tmp))
+            if is_lora(models.lm):                         # the adapter (PEFT's format)
+                save_lora(models.lm, tmp, models.tokenizer)
+            else:
+                models.lm.save_pretrained(str(tmp), safe_serialization=True)
+                models.tokenizer.save_pretrained(str(tmp))
             (tmp / "value").mkdir()   # exact weights (HF's save folds the RM bias: not bit-exact)
             if models.shared:
                 save_weights_exact(models.policy.v_head, tmp / "value/value_head.safetensors")
@@ -36,7 +40,7 @@ def save_ppo_checkpoint(path: Path, models: PPOModels, learner: Learner, state: 
 
 
 def load_ppo_checkpoint(path: Path, models: PPOModels, learner: Learner) -> dict:
-    models.lm.load_state_dict(load_weights(path, models.lm))
+    load_model_weights(models.lm, path)
     if models.shared:
         load_weights_exact(models.policy.v_head, path / "value/value_head.safetensors")
     else:
@@ -48,27 +52,21 @@ def load_ppo_checkpoint(path: Path, models: PPOModels, learner: Learner) -> dict
 
 
 def save_final(out: Path, models: PPOModels, learner: Learner) -> dict[str, str]:
-    """out/final (policy + tokenizer), out/final_ema (EMA weights), out/value (value model)."""
-    paths = {"model": str(out / "final")}
-    if dist.is_main():
-        tok = models.tokenizer
-        with atomic_path(out / "final", is_dir=True) as tmp:
-            models.lm.save_pretrained(str(tmp), safe_serialization=True)
-            tok.save_pretrained(str(tmp))
-        if learner.ema is not None:
-            with learner.ema.applied_to(models.lm), atomic_path(out / "final_ema",
-                                                                 is_dir=True) as tmp:
-                models.lm.save_pretrained(str(tmp), safe_serialization=True)
-                tok.save_pretrained(str(tmp))
-        with atomic_path(out / "value", is_dir=True) as tmp:
-            if models.shared:
+    """out/final (policy + tokenizer), out/final_ema (EMA weights), out/value (value model); a
+    LoRA run also writes the adapters (`final_adapter/`, ...) beside the merged models."""
+    tok = models.tokenizer
+    paths = {"model": save_final_model(models.lm, tok, out / "final")["model"]}
+    if learner.ema is not None:
+        with learner.ema.applied_to(models.lm):
+            paths["model_ema"] = save_final_model(models.lm, tok, out / "final_ema")["model"]
+    if models.shared:
+        if dist.is_main():
+            with atomic_path(out / "value", is_dir=True) as tmp:
                 save_weights_exact(models.policy.v_head, tmp / "value_head.safetensors")
                 write_text_atomic(tmp / "README.txt", "Shared-trunk value head: Linear(d_model, "
                                   "1) on the final hidden state of the policy in ../final.\n")
-            else:
-                models.value.rm.save_pretrained(str(tmp), tokenizer=tok)
-    dist.barrier()
-    if learner.ema is not None:
-        paths["model_ema"] = str(out / "final_ema")
+        dist.barrier()
+    else:
+        save_final_model(models.value.rm, tok, out / "value")
     paths["value_model"] = str(out / "value")
     return paths

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import importlib.util
@@ -23,9 +24,11 @@ from rlhf import dist
 from rlhf.config import PPOConfig
 from rlhf.errors import UserError
 from rlhf.models import disable_dropout, load_model, load_tokenizer
-from rlhf.models.cpu import autocast_dtype, contiguous_unembedding, fuse_activations
+from rlhf.models.cpu import contiguous_unembedding, fuse_activations
+from rlhf.models.lora import reference_context
 from rlhf.models.reward import RewardModel, load_reward_model
 from rlhf.models.value import PolicyWithValueHead, TokenValues
+from rlhf.train.loop import prepare_model
 
 RewardFn = Callable[[list[str], list[str]], Any]
 
@@ -36,7 +39,7 @@ class PPOModels:
     in shared mode (the head is in `policy`)."""
     tokenizer: Any
     policy: nn.Module                    # causal LM, or PolicyWithValueHead ("shared")
-    ref: nn.Module                       # frozen causal LM
+    ref: nn.Module | None                # frozen causal LM; None: the policy, adapter off
     value: nn.Module | None              # TokenValues(RewardModel) ("separate")
     reward_model: nn.Module | None       # frozen RewardModel, or None when a callable scores
     reward_fn: RewardFn | None
@@ -51,6 +54,13 @@ class PPOModels:
     def lm(self) -> nn.Module:
         """The policy's causal LM (what `final/` holds)."""
         return self.policy.lm if self.shared else self.policy
+
+    def reference(self) -> tuple[nn.Module, contextlib.AbstractContextManager]:
+        """The KL reference and the context to run it in: the frozen copy, or (LoRA) the
+        policy's own model with its adapter disabled."""
+        if self.ref is not None:
+            return self.ref, contextlib.nullcontext()
+        return self.lm, reference_context(self.lm)
 
 
 def load_reward_fn(spec: str) -> RewardFn:
@@ -105,11 +115,16 @@ def check_same_tokenizer(tokenizer, path: str) -> None:
 
 
 def build_models(p: PPOConfig, reward_fn: RewardFn | None = None,
-                 autocast: str | torch.dtype | None = None) -> PPOModels:
-    """Load the policy, its frozen reference, the reward (RM or callable) and the value model."""
+                 precision: str | None = None) -> PPOModels:
+    """Load the policy, its frozen reference, the reward (RM or callable) and the value model.
+
+    With LoRA (`ppo.lora.r` > 0) the policy and the value model get adapters, and the reference
+    is the policy with its adapter disabled (one frozen copy of the weights, not two), unless
+    `ppo.reference` names another model. `precision` overrides `ppo.precision`."""
     if not p.policy:
         raise UserError("say which model to optimise: ppo.policy (the SFT model folder)",
                         field="ppo.policy")
+    section = p if precision is None else p.model_copy(update={"precision": precision})
     dev = dist.device()
     tokenizer = load_tokenizer(p.policy)
     lm = load_model(p.policy)
@@ -118,8 +133,11 @@ def build_models(p: PPOConfig, reward_fn: RewardFn | None = None,
         # Later rounds start from the previous PPO policy; the KL reference stays the SFT model.
         check_same_tokenizer(tokenizer, p.reference)
         ref = freeze(load_model(p.reference))
+    elif p.lora.r > 0:
+        ref = None                                        # the policy, its adapter disabled
     else:
         ref = freeze(copy.deepcopy(lm))                  # spec 7.27: frozen, eval, no grad
+    lm, prec = prepare_model(lm, section, "ppo")
     if reward_fn is None and p.reward_fn:
         reward_fn = load_reward_fn(p.reward_fn)
     reward_model = None
@@ -150,6 +168,7 @@ def build_models(p: PPOConfig, reward_fn: RewardFn | None = None,
                 vm.head.bias.zero_()
                 vm.reward_bias.zero_()
         disable_dropout(vm)
+        vm, _ = prepare_model(vm, section, "ppo")
         value = TokenValues(vm)
         policy = lm
     # speed: fused GELU everywhere; the unembedding gets a contiguous input
@@ -157,9 +176,9 @@ def build_models(p: PPOConfig, reward_fn: RewardFn | None = None,
         if m is not None:
             fuse_activations(m)
     for m in (lm, ref):
-        contiguous_unembedding(m)
-    if autocast is None:
-        autocast = p.autocast
-    return PPOModels(tokenizer, policy.to(dev), ref.to(dev), value.to(dev) if value else None,
+        if m is not None:
+            contiguous_unembedding(m)
+    return PPOModels(tokenizer, policy.to(dev), ref.to(dev) if ref is not None else None,
+                     value.to(dev) if value else None,
                      reward_model.to(dev) if reward_model is not None else None, reward_fn,
-                     name, autocast_dtype(autocast))
+                     name, prec.autocast_dtype)

@@ -51,15 +51,15 @@ from rlhf.train.ppo.update import Learner
 def ppo(cfg: Config, out_dir: str | Path, resume: bool = False, halt_after: int | None = None,
         reward_fn: RewardFn | None = None,
         hooks: Callable[[str, dict], None] | None = None,
-        autocast: str | torch.dtype | None = None) -> dict:
+        precision: str | None = None) -> dict:
     """Run PPO / PPO-ptx; returns the summary (also written to out/summary.json).
 
     `reward_fn` (optional) replaces `cfg.ppo.reward_fn` with an in-process callable. `hooks`
     (tools, tests) is called as hooks(event, state) at "setup", "rollout", "advantages" and
     "iteration".
-    `autocast` ("bf16"; default `cfg.ppo.autocast`) runs every forward under bf16 autocast (see
-    `checks.BF16_RATIO_TOL` for the invariants then). `halt_after` stops after that many
-    iterations with a resumable checkpoint.
+    `precision` ("bf16", ...; default `cfg.ppo.precision`) overrides the config's; under bf16
+    the invariants use `checks.BF16_RATIO_TOL`. `halt_after` stops after that many iterations
+    with a resumable checkpoint.
     """
     dist.init()
     dist.seed_everything(cfg.seed)
@@ -74,7 +74,7 @@ def ppo(cfg: Config, out_dir: str | Path, resume: bool = False, halt_after: int 
         tune_cpu_allocator()
         if dist.is_main() and (hint := cpu_threads_hint()):
             print(hint, file=sys.stderr, flush=True)
-    models = build_models(p, reward_fn, autocast)
+    models = build_models(p, reward_fn, precision)
     plan.validate(context_length(models.lm))
     tok = models.tokenizer
     prompts, prompt_ids, dropped = encode_prompts(

@@ -159,8 +159,9 @@ def rollout(models: PPOModels, p: PPOConfig, prompts: list[str], prompt_ids: lis
                               return_hidden=models.shared)
         query, query_mask = sample.query, sample.query_mask
         response, mask = sample.response, sample.response_mask
-        with timer("score_ref"), autocast_context(models.autocast, device):
-            ref_logprobs = response_logprobs(models.ref, query, query_mask, response, mask,
+        ref, ref_mode = models.reference()
+        with timer("score_ref"), autocast_context(models.autocast, device), ref_mode:
+            ref_logprobs = response_logprobs(ref, query, query_mask, response, mask,
                                              temperature=p.temperature, pad_id=tok.pad_token_id)
         with timer("score_reward"):
             raw = score_episodes(models, list(texts), ids, sample, iteration)
