@@ -138,5 +138,9 @@ def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
     target = getattr(model, "backbone", None) or getattr(model, "lm", None) or model
     if hasattr(target, "enable_input_require_grads"):
         target.enable_input_require_grads()     # a frozen embedding (LoRA) still needs a grad path
-    target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(target, "activation_checkpointing_enable"):      # transformers >= 5.x's name
+        target.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        target.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
