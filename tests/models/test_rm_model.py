@@ -13,31 +13,7 @@ from rlhf.models import build_tiny_model, train_tokenizer
 from rlhf.models.reward import RewardModel, last_token_index, load_reward_model
 from rlhf.models.reward import normalize_reward, score_texts
 
-WORDS = "gold tree river stone cloud apple house bird green small quick lazy".split()
-
-
-def tiny_tokenizer(out_dir=None):
-    rng = random.Random(0)
-    texts = [" ".join(rng.choices(WORDS, k=8)) for _ in range(300)]
-    texts += ["User: say something\nAssistant: fine"] * 5
-    return train_tokenizer(texts, vocab_size=300, out_dir=out_dir)
-
-
-def tiny_lm(tok, arch="gpt2", n_layer=1, seed=0):
-    torch.manual_seed(seed)
-    return build_tiny_model(TinyModelConfig(arch=arch, n_layer=n_layer, n_head=2, n_embd=32,
-                                            n_positions=128), tok)
-
-
-def tiny_rm_dir(tmp_path, seed=0):
-    """A saved tiny causal LM + tokenizer (what an SFT run writes)."""
-    tok = tiny_tokenizer()
-    lm = tiny_lm(tok, seed=seed)
-    d = tmp_path / "sft"
-    lm.save_pretrained(str(d))
-    tok.save_pretrained(str(d))
-    return d
-
+from rm_helpers import WORDS, tiny_lm, tiny_rm_dir, tiny_tokenizer
 
 @pytest.fixture(scope="module")
 def tok():

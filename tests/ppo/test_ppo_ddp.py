@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file
 
 from rlhf.runs import read_metrics
-from test_ppo import world  # noqa: F401  (module fixture)
 
 
 def _run(args):

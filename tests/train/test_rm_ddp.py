@@ -15,8 +15,7 @@ from rlhf.models import load_tokenizer
 from rlhf.models.reward import RewardModel
 from rlhf.models.reward import score_texts
 
-from test_rm_model import tiny_rm_dir
-from test_rm_train import make_rankings, write_jsonl
+from rm_helpers import make_rankings, tiny_rm_dir, write_jsonl
 
 
 def _run(args):

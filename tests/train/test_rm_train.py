@@ -17,42 +17,8 @@ from rlhf.runs import read_metrics
 from rlhf.models.reward import score_texts
 from rlhf.train.reward import train_rm
 
-from test_rm_model import WORDS, tiny_lm, tiny_rm_dir, tiny_tokenizer
-
-MARK = "gold"
-FILL = [w for w in WORDS if w != MARK]
-
-
-def hidden_value(text: str) -> int:
-    return text.split().count(MARK)
-
-
-def make_rankings(n, rng, labelers, k_range=(4, 6)):
-    """Responses of fixed length (6 words); the hidden preference counts the marker word."""
-    rows = []
-    while len(rows) < n:
-        k = rng.randint(*k_range)
-        rs = []
-        for _ in range(k):
-            m = rng.randint(0, 4)
-            words = rng.choices(FILL, k=6 - m) + [MARK] * m
-            rng.shuffle(words)
-            rs.append(" ".join(words))
-        groups: dict[int, list[int]] = {}
-        for i, r in enumerate(rs):
-            groups.setdefault(hidden_value(r), []).append(i)
-        if len(groups) < 2:
-            continue
-        rows.append({"prompt": " ".join(rng.choices(FILL, k=3)), "responses": rs,
-                     "ranking": [groups[v] for v in sorted(groups, reverse=True)],
-                     "labeler_id": rng.choice(labelers)})
-    return rows
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
+from rm_helpers import (FILL, MARK, WORDS, hidden_value, make_rankings, tiny_lm,
+                        tiny_rm_dir, tiny_tokenizer, write_jsonl)
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
