@@ -36,15 +36,12 @@ from rlhf.eval.pipeline_eval import evaluate_pipeline
 from rlhf.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from rlhf.models import load_model, load_tokenizer
 from rlhf.models.generation import generate_texts
+from rlhf.runs import log
 from rlhf.train.ppo import PPOPlan, ppo
 from rlhf.train.pretrain import pretrain
 from rlhf.train.reward import select_sft_checkpoint, train_rm
 from rlhf.train.sft import sft
 from rlhf.world import World, build_world
-
-
-def _log(msg: str) -> None:
-    print(f"[pipeline {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 class Stages:
@@ -58,16 +55,16 @@ class Stages:
         d = self.root / name
         done = d / "DONE"
         if done.exists():
-            _log(f"{name}: done already, skipped")
+            log("pipeline", f"{name}: done already, skipped")
             return json.loads(done.read_text())
-        _log(f"{name}: running")
+        log("pipeline", f"{name}: running")
         d.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         result = fn(d) or {}
         self.timings[name] = round(time.time() - t0, 1)
         result = {**result, "seconds": self.timings[name]}
         write_json_atomic(done, result)
-        _log(f"{name}: finished in {self.timings[name]} s")
+        log("pipeline", f"{name}: finished in {self.timings[name]} s")
         return result
 
 
@@ -100,7 +97,8 @@ def check_owned_fields(cfg: Config) -> None:
         section, field = key.split(".")
         if field in getattr(cfg, section).model_fields_set:
             hint = f"set {instead} instead" if instead else \
-                "the pipeline sets it for each stage (the world's files, the previous stage's model)"
+                "the pipeline sets it for each stage (the world's files, the previous stage's " \
+                "model)"
             raise UserError(f"{key} cannot be set in a pipeline config: {hint}", field=key)
 
 
@@ -161,7 +159,7 @@ def choose_sft_checkpoint(checkpoints: list[str], rm_result: dict, min_accuracy:
                         f"pipeline.select_min_rm_accuracy = {min_accuracy}",
               "candidates": [{"checkpoint": c} for c in checkpoints]}
     write_json_atomic(out, result)
-    _log(f"sft_select: kept the last epoch ({result['reason']})")
+    log("pipeline", f"sft_select: kept the last epoch ({result['reason']})")
     return result
 
 
@@ -276,7 +274,7 @@ def cached_base(cfg: Config, train_files: list[str], valid_files: list[str], out
         if (out / "final").exists():
             shutil.rmtree(out / "final")
         os.replace(tmp, out / "final")
-        _log(f"pretrain: base taken from the cache {entry}")
+        log("pipeline", f"pretrain: base taken from the cache {entry}")
         return {**summary, "model": str(out / "final"), "cached_from": str(entry)}
     summary = train(out)
     if summary.get("halted") or entry.exists():
@@ -290,7 +288,7 @@ def cached_base(cfg: Config, train_files: list[str], valid_files: list[str], out
                                                  if k != "model"})
         os.replace(tmp, entry)
     except OSError as e:      # a read-only or full cache folder costs the reuse, not the run
-        _log(f"pretrain: could not store the base in the cache {entry} ({e})")
+        log("pipeline", f"pretrain: could not store the base in the cache {entry} ({e})")
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return summary

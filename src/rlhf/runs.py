@@ -14,6 +14,11 @@ import torch
 from rlhf.io import write_json_atomic, write_text_atomic
 
 
+def log(tag: str, msg: str) -> None:
+    """A progress line for long multi-stage work: `[tag HH:MM:SS] msg`, flushed."""
+    print(f"[{tag} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
 class Run:
     """Writes one run's outputs. Only the process with `is_main=True` writes anything."""
 

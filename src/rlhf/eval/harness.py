@@ -29,6 +29,7 @@ from rlhf.models import disable_dropout, load_model, load_tokenizer
 from rlhf.models.format import DEFAULT_TEMPLATE
 from rlhf.models.reward import RewardModel, score_texts
 from rlhf.world.prompts import CLOSED_DOMAIN as WORLD_CLOSED_DOMAIN
+from rlhf.runs import log
 
 
 @dataclass
@@ -48,10 +49,6 @@ def world_closed_domain() -> set[str]:
     """The Instruction World's closed-domain categories: rlhf.eval.judging's default ones
     (closed_qa, summarization, extract) and rewrite."""
     return set(WORLD_CLOSED_DOMAIN)
-
-
-def _log(msg: str) -> None:
-    print(f"[eval {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def rm_mean_score(rm_path, prompts: Sequence, responses: Sequence[str], *,
@@ -95,7 +92,8 @@ def evaluate_models(specs: Sequence[ModelSpec], prompts: Sequence, *, labelers: 
                                     temperature=temperature, prefix=s.prefix, template=template,
                                     stop=s.stop, batch_size=batch_size, seed=seed)
         timings[f"sample/{s.name}"] = round(time.time() - t0, 2)
-        _log(f"sampled {len(prompts)} responses from {s.name} in {timings[f'sample/{s.name}']}s")
+        log("eval", f"sampled {len(prompts)} responses from {s.name} in "
+                    f"{timings[f'sample/{s.name}']}s")
     if out_dir is not None:
         for s in specs:
             write_jsonl_atomic(Path(out_dir) / "samples" / f"{s.name}.jsonl",
@@ -139,7 +137,7 @@ def evaluate_models(specs: Sequence[ModelSpec], prompts: Sequence, *, labelers: 
                          "response": r} for p, r in list(zip(prompts, resp[s.name]))[:keep_samples]]
         models[s.name] = m
         wr = m.get("win_rate")
-        _log(f"{s.name}: win rate {wr if wr is None else round(wr, 3)}, "
+        log("eval", f"{s.name}: win rate {wr if wr is None else round(wr, 3)}, "
              f"Likert {m.get('likert') if m.get('likert') is None else round(m['likert'], 2)}")
     return {"reference": reference, "models": models, "timings": timings,
             "config": {"n_prompts": len(prompts), "max_new_tokens": max_new_tokens,

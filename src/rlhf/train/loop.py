@@ -99,7 +99,8 @@ def cosine_schedule(optimizer, total_steps: int, warmup_steps: int = 0,
     """Linear warmup, then cosine decay to `final_fraction` of the peak (paper: 10 %, no warmup)."""
     warmup = min(warmup_steps, max(0, total_steps - 1))
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_to_fraction(step, max(total_steps, 1), final_fraction, warmup))
+        optimizer,
+        lambda step: cosine_to_fraction(step, max(total_steps, 1), final_fraction, warmup))
 
 
 class BatchPlan:
@@ -156,11 +157,11 @@ def fit(model, tokenizer, examples: Sequence, collate_fn: Callable, cfg, *, epoc
     cfg provides batch_size, micro_batch_size, log_every and the OptimFields; `objective`
     defaults to language modeling. Checkpoints go to run.checkpoints: epoch-NN at the end of
     each epoch (`epoch_checkpoints`, after `on_epoch_end`), step-NNNNNN every `save_every`
-    steps; `checkpoints/latest` names the newest one for
-    `resume`. `halt_after` stops after that step as a kill would: with only the checkpoints
-    written so far (tests of exact resume use it). `load_checkpoint(path)` loads a checkpoint's weights into `model` (default: the
-    HF folder's tensors, or a LoRA model's adapter). `on_eval(step)` returns metrics logged every
-    `eval_every` steps. `autocast` (e.g. torch.bfloat16) runs the forwards under autocast.
+    steps; `checkpoints/latest` names the newest one for `resume`. `halt_after` stops after
+    that step as a kill would: with only the checkpoints written so far (tests of exact resume
+    use it). `load_checkpoint(path)` loads a checkpoint's weights into `model` (default: the
+    HF folder's tensors, or a LoRA model's adapter). `on_eval(step)` returns metrics logged
+    every `eval_every` steps. `autocast` (e.g. torch.bfloat16) runs the forwards under it.
     """
     objective = objective or LanguageModeling()
     plan = BatchPlan(len(examples), cfg.batch_size, cfg.micro_batch_size, seed)
@@ -194,7 +195,8 @@ def fit(model, tokenizer, examples: Sequence, collate_fn: Callable, cfg, *, epoc
     halted = False
     while step < total:
         epoch, in_epoch = divmod(step, plan.steps_per_epoch)
-        micro = [collate_fn([examples[i] for i in mb]) for mb in plan.micro_batches(epoch, in_epoch)]
+        micro = [collate_fn([examples[i] for i in mb])
+                 for mb in plan.micro_batches(epoch, in_epoch)]
         n_global = float(dist.all_reduce_sum(torch.tensor(float(sum(
             objective.count(b) for b in micro)))))
         stats = None

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from rlhf import rl
 
-#: On the first minibatch of an iteration, mean |ratio − 1| over valid tokens allowed (fp32): §8.1.
+#: On the first minibatch of an iteration, mean |ratio − 1| over valid tokens allowed (fp32),
+#: spec 8.1.
 RATIO_TOL = 1e-5
 #: ... and the largest single-token deviation allowed in fp32 (rounding of the KV-cache path).
 RATIO_MAX_TOL = 1e-3

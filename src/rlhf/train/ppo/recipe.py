@@ -4,7 +4,8 @@ The loop below is the algorithm; each step is one call (the paper's numbers in b
 
     for each iteration (paper: 512 episodes, 500 iterations):
         rollout       sample y ~ π(·|x) for this iteration's prompts, score r(x, y), log π_ref, V
-        rewards       r_t = −β·(log π − log π_ref) on every response token + r(x, y) at the last
+        rewards       r_t = −β·(log π − log π_ref) on every response token, + r(x, y) at the
+                      last one
         advantages    GAE with γ = 1, λ = 0.95, whitened over valid tokens; returns
         update        PPO epochs (clip 0.2, clipped value loss, + γ_ptx·NLL for PPO-ptx), EMA
         β, log, checkpoint
