@@ -81,11 +81,11 @@ def test_a_reward_function_has_no_reward_model_in_the_plan(model):
     assert plan.peak < memory_plan(_cfg(model), "ppo").peak
 
 
-def test_models_are_read_from_local_config_files_only(tmp_path):
+def test_models_are_read_from_local_folders_only(tmp_path):
     with pytest.raises(UserError, match="config.json missing") as e:
         model_config(str(tmp_path), "sft.model")
     assert e.value.field == "sft.model"
-    with pytest.raises(UserError, match="downloads nothing") as e:
+    with pytest.raises(UserError, match="config.json missing") as e:
         model_config("no-such-owner/no-such-model", "ppo.policy")
     assert e.value.field == "ppo.policy"
     with pytest.raises(UserError, match="needs the model") as e:

@@ -2,11 +2,10 @@
 bytes per device that `rlhf.models.memory` estimates for the models a section names, and the
 check that refuses a plan over the device's memory, naming the setting to change.
 
-Each model's shape comes from its config.json alone (a local folder, or a hub name already in
-the local cache): nothing is loaded or downloaded. The estimate follows what the recipes do
-today: fp32 weights and Adam state, full fine-tuning, DDP (every process holds whole models, so
-the world size changes only the per-process batch); PPO's forwards under bf16 autocast when
-`ppo.autocast` is bf16. The refusal names only settings the sections have: the micro-batch, the
+Each model's shape comes from its folder's config.json alone: nothing is loaded or downloaded.
+The estimate follows what the recipes do today: fp32 weights and Adam state, full fine-tuning,
+DDP (every process holds whole models, so the world size changes only the per-process batch);
+PPO's forwards under bf16 autocast when `ppo.autocast` is bf16. The refusal names only settings the sections have: the micro-batch, the
 rollout batch and `ppo.autocast`.
 
     SFT  one micro-batch of `micro_batch_size` demonstrations × max_length tokens (trained)
@@ -37,23 +36,15 @@ STEP_FIELDS: dict[str, dict[str, str]] = {
 
 
 def model_config(path: str | None, field: str):
-    """The transformers config of the model at `path`: a local folder's config.json, or a hub
-    name's already in the local cache (nothing is downloaded); else a UserError naming
-    `field`."""
+    """The transformers config of the model folder at `path` (its config.json: nothing is loaded
+    or downloaded), or a UserError naming `field`."""
     if not path:
         raise UserError("the memory plan needs the model: set it to a model folder", field=field)
+    if not (Path(path) / "config.json").is_file():
+        raise UserError("not a model folder (config.json missing)", path=str(path), field=field)
     from transformers import AutoConfig
 
-    p = Path(path)
-    if p.exists() or p.is_absolute() or str(path).startswith("."):
-        if not (p / "config.json").is_file():
-            raise UserError("not a model folder (config.json missing)", path=str(p), field=field)
-        return AutoConfig.from_pretrained(str(p))
-    try:
-        return AutoConfig.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError):
-        raise UserError("neither a model folder nor a hub name in the local cache (the memory "
-                        "plan downloads nothing)", path=str(path), field=field) from None
+    return AutoConfig.from_pretrained(str(path))
 
 
 def _context_length(conf) -> int:
