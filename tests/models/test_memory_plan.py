@@ -130,6 +130,9 @@ def test_ppo_plan_parts_and_phases():
     assert lora.peak < shared.peak < full.peak
     frozen16 = ppo_memory(LLAMA_1B, frozen_precision="bf16-weights", **kw)
     assert frozen16.parts[1].weights * 2 == full.parts[1].weights
+    callable_reward = ppo_memory(LLAMA_1B, reward_model=False, **kw)
+    assert callable_reward.parts[2].total == 0
+    assert callable_reward.peak < full.peak
     big = ppo_memory(LLAMA_1B, **{**kw, "rollout_batch_size": 64})
     assert big.parts[-1].kv_cache == 2 * full.parts[-1].kv_cache
     text = full.table()
@@ -156,6 +159,15 @@ def test_check_fits_refuses_naming_the_setting_that_makes_it_fit():
     with pytest.raises(UserError) as e:
         check_fits(plan, 40 * GiB, fields={"lora": "ppo.lora_rank"})
     assert e.value.field == "ppo.lora_rank"
+
+
+def test_check_fits_leaves_out_remedies_without_a_setting():
+    plan = ppo_memory(LLAMA_1B, precision="fp32", micro_batch_size=4, rollout_batch_size=32,
+                      max_prompt_length=256, max_new_tokens=256)
+    with pytest.raises(UserError) as e:
+        check_fits(plan, 40 * GiB, fields={"lora": None, "gradient_checkpointing": None})
+    assert e.value.field != "ppo.lora.r"
+    assert "lora" not in str(e.value) and "gradient_checkpointing" not in str(e.value)
 
 
 def test_check_fits_on_activations_points_at_the_batch_or_checkpointing():

@@ -25,6 +25,10 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (sections: se
 SetOpt = typer.Option(None, "--set", "-s", help="Override a field: --set sft.lr=1e-5 (repeat).")
 OutOpt = typer.Option(None, "--out", "-o", help="Run folder.")
 ResumeOpt = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out.")
+WorldSizeOpt = typer.Option(1, "--world-size", "-n", help="Number of processes the run will use.")
+DeviceMemoryOpt = typer.Option(None, "--device-memory", help="Memory of one device (e.g. 80GB, "
+                               "24GiB): refuse a plan that does not fit, naming the setting to "
+                               "change.")
 
 
 def load_run_config(config: Optional[Path], overrides: Optional[list[str]],

@@ -1,4 +1,5 @@
-"""`rlhf ppo` (train the policy with PPO / PPO-ptx) and `rlhf ppo plan` (show the batch plan)."""
+"""`rlhf ppo` (train the policy with PPO / PPO-ptx) and `rlhf ppo plan` (show the batch and
+memory plans)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from rlhf.cli import OutOpt, ResumeOpt, SetOpt, load_run_config, print_summary
+from rlhf.cli import (DeviceMemoryOpt, OutOpt, ResumeOpt, SetOpt, WorldSizeOpt, load_run_config,
+                      print_summary)
 
 app = typer.Typer(help="Step 3: PPO / PPO-ptx against a reward model or a reward function.",
                   invoke_without_command=True)
@@ -38,10 +40,19 @@ def ppo(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
 
 @app.command("plan")
 def plan(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
-         world_size: int = typer.Option(1, "--world-size", "-n",
-                                        help="Number of processes the run will use.")):
-    """Validate and print the batch plan (prompts, completions, tokens, optimizer steps)."""
+         world_size: int = WorldSizeOpt, device_memory: Optional[str] = DeviceMemoryOpt):
+    """Validate and print the batch plan (prompts, completions, tokens, optimizer steps), then
+    the memory per device of the policy, reference, reward and value models and the rollout
+    (read from the models' config.json; nothing is loaded). With --device-memory, refuse a plan
+    that does not fit, naming the setting to change."""
+    from rlhf.train.memory_plan import memory_report, model_context_length
     from rlhf.train.ppo.plan import PPOPlan
 
     cfg, _ = load_run_config(config, set_, None, need_out=False)
-    typer.echo(PPOPlan.from_config(cfg.ppo, world_size).validate().describe())
+    batch = PPOPlan.from_config(cfg.ppo, world_size)
+    if not cfg.ppo.policy and device_memory is None:
+        typer.echo(batch.validate().describe())
+        typer.echo("memory plan: set ppo.policy (a model folder) to see it")
+        return
+    typer.echo(batch.validate(model_context_length(cfg.ppo.policy, "ppo.policy")).describe())
+    typer.echo(memory_report(cfg, "ppo", world_size, device_memory))

@@ -1,4 +1,4 @@
-"""`rlhf rm train` and `rlhf rm score`."""
+"""`rlhf rm train`, `rlhf rm plan` (the memory per device) and `rlhf rm score`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from rlhf.cli import OutOpt, ResumeOpt, load_run_config, print_summary
+from rlhf.cli import (ConfigOpt, DeviceMemoryOpt, OutOpt, ResumeOpt, SetOpt, WorldSizeOpt,
+                      load_run_config, print_summary)
 from rlhf.config import DEFAULT_TEMPLATE
 
 app = typer.Typer(help="Step 2: the reward model from K-way rankings.", no_args_is_help=True)
@@ -33,6 +34,18 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c",
         typer.echo(f"  valid/{k}: {v}")
     if "normalization" in summary:
         typer.echo(f"  reward_bias: {summary['normalization']['reward_bias']:.6g}")
+
+
+@app.command("plan")
+def plan(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+         world_size: int = WorldSizeOpt, device_memory: Optional[str] = DeviceMemoryOpt):
+    """Print the memory per device of one training step of the reward model from `rm.model`
+    (read from its config.json; nothing is loaded). With --device-memory, refuse a plan that
+    does not fit, naming the setting to change."""
+    from rlhf.train.memory_plan import memory_report
+
+    cfg, _ = load_run_config(config, set_, None, need_out=False)
+    typer.echo(memory_report(cfg, "rm", world_size, device_memory))
 
 
 @app.command("score")

@@ -1,4 +1,5 @@
-"""`rlhf sft` (train on demonstrations) and `rlhf sft select` (pick an epoch by RM score)."""
+"""`rlhf sft` (train on demonstrations), `rlhf sft plan` (the memory per device) and
+`rlhf sft select` (pick an epoch by RM score)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from rlhf.cli import ConfigOpt, OutOpt, ResumeOpt, SetOpt, load_run_config, print_summary
+from rlhf.cli import (ConfigOpt, DeviceMemoryOpt, OutOpt, ResumeOpt, SetOpt, WorldSizeOpt,
+                      load_run_config, print_summary)
 from rlhf.config import DEFAULT_TEMPLATE
 
 app = typer.Typer(help="Step 1: supervised fine-tuning on demonstrations.",
@@ -26,6 +28,18 @@ def sft(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
     cfg, out_dir = load_run_config(config, set_, out)
     print_summary(run(cfg, out_dir, resume=resume), out_dir,
                   ("model", "valid_ppl", "final_train_loss", "steps"))
+
+
+@app.command("plan")
+def plan(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+         world_size: int = WorldSizeOpt, device_memory: Optional[str] = DeviceMemoryOpt):
+    """Print the memory per device of one training step of `sft.model` (read from its
+    config.json; nothing is loaded). With --device-memory, refuse a plan that does not fit,
+    naming the setting to change."""
+    from rlhf.train.memory_plan import memory_report
+
+    cfg, _ = load_run_config(config, set_, None, need_out=False)
+    typer.echo(memory_report(cfg, "sft", world_size, device_memory))
 
 
 @app.command("select")

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from rlhf.data.records import Demonstration
-from rlhf.models.format import DEFAULT_TEMPLATE, encode_response, format_prompt
+from rlhf.models.format import DEFAULT_TEMPLATE, encode_example
 from rlhf.errors import UserError
 from rlhf.io import read_jsonl, require_str
 from rlhf.models.lm import IGNORE_INDEX
@@ -100,12 +100,12 @@ def load_lima(path: str | Path) -> list[Demonstration]:
 def encode_demonstration(tokenizer, demo: Demonstration, max_length: int,
                          template: str = DEFAULT_TEMPLATE,
                          loss_on_prompt: bool = False) -> tuple[list[int], list[int], bool]:
-    """(input_ids, labels, truncated). Labels are IGNORE on prompt tokens unless loss_on_prompt;
-    the response and its EOS always carry loss. Over-long examples keep the prompt's end."""
-    text = "".join(format_prompt(u, template) + " " + a.strip() + "\n" for u, a in demo.history)
-    prompt_ids = tokenizer(text + format_prompt(demo.prompt, template),
-                           add_special_tokens=False)["input_ids"]
-    resp_ids = encode_response(tokenizer, demo.response)
+    """(input_ids, labels, truncated): `rlhf.models.format.encode_example` (the prompt with its
+    earlier turns, in the chat template when the tokenizer has one). Labels are IGNORE on prompt
+    tokens unless loss_on_prompt; the response and its EOS (under a chat template: exactly the
+    assistant's tokens) always carry loss. Over-long examples keep the prompt's end."""
+    prompt_ids, resp_ids = encode_example(tokenizer, demo.prompt, demo.response, template,
+                                          demo.history)
     truncated = False
     if len(prompt_ids) + len(resp_ids) > max_length:
         truncated = True

@@ -1,7 +1,8 @@
 """Sample K candidate responses per prompt from a checkpoint, for labelers to rank or rate.
 
 The policy (usually the SFT model) is loaded from a Hugging Face folder, prompts are formatted
-with the shared template ("User: {prompt}\\nAssistant:"), and `rlhf.models.generation.generate_texts`
+as in every other step (`rlhf.models.format.encode_prompt`: the tokenizer's chat template, else
+the shared "User: {prompt}\\nAssistant:"), and `rlhf.models.generation.generate_texts`
 samples K answers each (left padding, KV cache, cut at EOS). Sampling runs before the database
 transaction, so a long generation never holds a lock; the candidates are then stored in one
 transaction as a new batch per prompt.

@@ -131,8 +131,9 @@ def generate_texts(model, tokenizer, prompts: list[str], n: int = 1, *, max_new_
                    temperature: float = 1.0, top_p: float = 1.0,
                    template: str = DEFAULT_TEMPLATE, batch_size: int = 32,
                    seed: int | None = 0, prefix: str = "") -> list[list[str]]:
-    """n sampled responses (text, cut at EOS) per prompt. `prefix` is prepended to every
-    formatted prompt (e.g. few-shot examples for a prompted base model)."""
+    """n sampled responses (text, cut at EOS) per prompt, formatted by `encode_prompt` (the chat
+    template when the tokenizer has one). `prefix` is prepended to every formatted prompt (e.g.
+    few-shot examples for a prompted base model)."""
     was_training = model.training
     model.eval()
     gen = None

@@ -389,10 +389,11 @@ def ppo_memory(policy_config, *, precision="fp32", frozen_precision=None, lora_r
                n_shards: int = 1, micro_batch_size: int = 8, rollout_batch_size: int = 64,
                max_prompt_length: int = 256, max_new_tokens: int = 256, reward_config=None,
                value_config=None, value_model: str = "separate", optimizer: str = "adam",
-               gradient_checkpointing: bool = False) -> MemoryPlan:
+               gradient_checkpointing: bool = False, reward_model: bool = True) -> MemoryPlan:
     """The per-device memory of PPO: policy (trained), reference (frozen; none with LoRA: the
-    policy's backbone with its adapter disabled), reward model (frozen), value model (trained;
-    none when "shared": a head on the policy) and the rollout's KV cache.
+    policy's backbone with its adapter disabled), reward model (frozen; none when
+    `reward_model` is False: a reward function scores), value model (trained; none when
+    "shared": a head on the policy) and the rollout's KV cache.
 
     `frozen_precision` (default: `precision`) is the reference's and reward model's; they may use
     "bf16-weights". The reward and value models default to the policy's architecture
@@ -406,7 +407,7 @@ def ppo_memory(policy_config, *, precision="fp32", frozen_precision=None, lora_r
                   rollout_batch_size=rollout_batch_size, max_prompt_length=max_prompt_length,
                   max_new_tokens=max_new_tokens, reward_config=reward_config,
                   value_config=value_config, value_model=value_model, optimizer=optimizer,
-                  gradient_checkpointing=gradient_checkpointing)
+                  gradient_checkpointing=gradient_checkpointing, reward_model=reward_model)
     seq = max_prompt_length + max_new_tokens
     reward_config = reward_config if reward_config is not None else policy_config
     value_config = value_config if value_config is not None else reward_config
@@ -423,7 +424,8 @@ def ppo_memory(policy_config, *, precision="fp32", frozen_precision=None, lora_r
     else:
         reference = ref_fwd = estimate_memory(policy_config, **frozen, logit_len=keep,
                                               name="reference")
-    reward = estimate_memory(reward_config, **frozen, scalar_head=True, name="reward model")
+    reward = estimate_memory(reward_config, **frozen, scalar_head=True, name="reward model") \
+        if reward_model else MemoryEstimate("reward model", note="a reward function scores")
     parts = [policy, reference, reward]
     value = None
     if value_model == "separate":
@@ -446,7 +448,8 @@ def ppo_memory(policy_config, *, precision="fp32", frozen_precision=None, lora_r
 # ============================================================================ the check
 
 #: What each remedy changes, as the setting the user sets (`{s}`: the recipe's section). The
-#: recipes may pass their own names to `check_fits(fields=...)`.
+#: recipes may pass their own names to `check_fits(fields=...)`, and None for a remedy their
+#: config has no setting for (it is then not offered).
 FIELDS = {
     "lora": "{s}.lora.r",
     "precision": "{s}.precision",
@@ -484,20 +487,24 @@ def _remedies(inputs: Mapping[str, Any]) -> list[tuple[str, str, dict]]:
 
 
 def check_fits(estimate: MemoryEstimate | MemoryPlan, device_memory_bytes: int, *,
-               section: str = "ppo", fields: Mapping[str, str] | None = None,
+               section: str = "ppo", fields: Mapping[str, str | None] | None = None,
                headroom_bytes: int = 0) -> None:
     """Raise UserError when the estimate's peak exceeds `device_memory_bytes` − `headroom_bytes`,
     naming (as `field`) the one setting whose change makes it fit and saves the most (else the
     one that saves the most), and listing every single change that lowers the peak with the
-    peak it would give. Remedies are re-estimated, not guessed."""
+    peak it would give. Remedies are re-estimated, not guessed. `fields` renames the settings
+    of FIELDS; a remedy renamed to None is not offered."""
     cap = device_memory_bytes - headroom_bytes
     if estimate.peak <= cap:
         return
-    names = {k: v.format(s=section) for k, v in {**FIELDS, **(fields or {})}.items()}
+    names = {k: v.format(s=section) if v else None
+             for k, v in {**FIELDS, **(fields or {})}.items()}
     rebuild: Callable[..., Any] = ppo_memory if isinstance(estimate, MemoryPlan) \
         else estimate_memory
     options = []
     for key, value, change in _remedies(estimate.inputs):
+        if names[key] is None:
+            continue
         peak = rebuild(**{**estimate.inputs, **change}).peak
         if peak < estimate.peak:
             options.append((peak <= cap, estimate.peak - peak, names[key], value, peak))

@@ -29,7 +29,8 @@ from rlhf.train.ppo.models import PPOModels
 
 def encode_prompts(tokenizer, prompts: list[str], template: str,
                    max_length: int) -> tuple[list[str], list[list[int]], int]:
-    """Formatted, tokenised prompts; longer than `max_length` tokens are dropped (paper: > 1k)."""
+    """Prompts as `encode_prompt` renders them (the chat template when the tokenizer has one);
+    longer than `max_length` tokens are dropped (paper: > 1k)."""
     kept, ids, dropped = [], [], 0
     for text in prompts:
         enc = encode_prompt(tokenizer, text, template)
