@@ -66,6 +66,8 @@ class OptimFields(Section):
     final_lr_fraction: float = 0.1  # paper: cosine decay to 10 % of peak
     precision: Precision = "fp32"   # see `Precision` above
     gradient_checkpointing: bool = False  # recompute activations in the backward: less memory
+    dist: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: ddp (whole model per process) or
+                                    # fsdp (FSDP2, weights/grads/Adam state sharded per block)
 
 
 class PretrainConfig(OptimFields):

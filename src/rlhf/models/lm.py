@@ -120,11 +120,13 @@ def evaluate_nll(model, examples, collate_fn, micro_batch_size: int) -> float:
     was_training = model.training
     model.eval()
     tot = torch.zeros(2, dtype=torch.float64)
-    idx = list(range(dist.rank(), len(examples), dist.world_size()))
+    idx = dist.rank_share(len(examples))
     for i in range(0, len(idx), micro_batch_size):
-        batch = collate_fn([examples[j] for j in idx[i:i + micro_batch_size]])
+        part = [j for j in idx[i:i + micro_batch_size] if j is not None]
+        batch = collate_fn([examples[j] for j in part or [0]])  # a stand-in keeps FSDP in step
         s, n = token_nll_sum(model, batch)
-        tot += torch.tensor([float(s), n], dtype=torch.float64)
+        if part:
+            tot += torch.tensor([float(s), n], dtype=torch.float64)
     tot = dist.all_reduce_sum(tot)
     model.train(was_training)
     return float(tot[0] / max(tot[1], 1))

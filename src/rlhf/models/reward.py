@@ -250,9 +250,11 @@ def normalize_reward(rm: RewardModel, tokenizer, prompts: list[str], responses: 
     """Set rm.reward_bias so the (prompt, response) pairs — labeler demonstrations — score
     mean 0 (§3.5). Computed from the un-normalised score, so running it twice is idempotent.
     Under DDP each rank scores a shard and the mean is all-reduced."""
-    r, ws = dist.rank(), dist.world_size()
-    raw = score_texts(rm, tokenizer, prompts[r::ws], responses[r::ws], batch_size, template,
-                      max_length, raw=True)
+    idx = dist.rank_share(len(prompts))           # equal shares: FSDP's forwards are collective
+    mine = [i for i in idx if i is not None]
+    pick = mine + [0] * (len(idx) - len(mine))
+    raw = score_texts(rm, tokenizer, [prompts[i] for i in pick], [responses[i] for i in pick],
+                      batch_size, template, max_length, raw=True)[:len(mine)]
     tot = dist.all_reduce_sum(torch.tensor([sum(raw), len(raw)], dtype=torch.float64))
     mean = float(tot[0] / max(float(tot[1]), 1.0))
     rm.set_reward_bias(-mean)

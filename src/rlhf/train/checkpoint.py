@@ -14,11 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict,
+                                                     set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from transformers import AutoModel, AutoModelForCausalLM
 
 from rlhf import dist
 from rlhf.io import atomic_path, write_text_atomic
+from rlhf.models.reward import RewardModel
 from rlhf.models.lora import MERGED, is_lora, load_lora_weights, save_lora
 
 
@@ -35,8 +42,12 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: str | Path, model, tokenizer, optimizer=None, scheduler=None,
                     state: dict | None = None) -> Path:
-    """Write an HF-format model (+ tokenizer, + trainer state) atomically to `path`."""
+    """Write an HF-format model (+ tokenizer, + trainer state) atomically to `path`. Called on
+    every process; an FSDP-sharded model is gathered for the HF folder, and its sharded model
+    and optimizer state go to `path/dcp` (torch distributed checkpoint) for resuming."""
     path = Path(path)
+    if dist.is_sharded(dist.unwrap(model)):
+        return _save_sharded(path, model, tokenizer, optimizer, scheduler, state)
     if dist.is_main():
         with atomic_path(path, is_dir=True) as tmp:
             m = dist.unwrap(model)
@@ -56,8 +67,11 @@ def save_checkpoint(path: str | Path, model, tokenizer, optimizer=None, schedule
 
 
 def load_trainer_state(path: str | Path, optimizer, scheduler=None) -> dict:
+    """Restore the optimizer (unless it was saved sharded: `load_sharded`), the scheduler and
+    the RNG states; returns the recipe's state (e.g. {"step": n})."""
     blob = torch.load(Path(path) / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
+    if blob["optimizer"] is not None:
+        optimizer.load_state_dict(blob["optimizer"])
     if scheduler is not None and blob["scheduler"] is not None:
         scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
@@ -142,3 +156,66 @@ def save_final_model(model, tokenizer, folder: Path) -> dict[str, str]:
             os.replace(adapter / MERGED, tmp)
     dist.barrier()
     return {"model": str(folder), "adapter": str(adapter)}
+
+
+# ----------------------------------------------------------------------------- FSDP2
+
+def _save_sharded(path: Path, model, tokenizer, optimizer, scheduler, state) -> Path:
+    m = dist.unwrap(model)
+    full = get_model_state_dict(m, options=StateDictOptions(full_state_dict=True,
+                                                            cpu_offload=True))
+    shards = path.parent / f".{path.name}.dcp"
+    if optimizer is not None:
+        if dist.is_main():
+            shutil.rmtree(shards, ignore_errors=True)
+        dist.barrier()
+        dcp.save({"model": get_model_state_dict(m),
+                  "optim": get_optimizer_state_dict(m, optimizer)}, checkpoint_id=str(shards))
+    if dist.is_main():
+        with atomic_path(path, is_dir=True) as tmp:
+            plain = unsharded_copy(m, full)
+            if hasattr(plain, "backbone"):           # a RewardModel folds its bias on saving
+                plain.save_pretrained(tmp, tokenizer=tokenizer)
+            else:
+                plain.save_pretrained(str(tmp), safe_serialization=True)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(str(tmp))
+            if optimizer is not None:
+                os.replace(shards, tmp / "dcp")
+                torch.save({"optimizer": None,
+                            "scheduler": scheduler.state_dict() if scheduler else None,
+                            "rng": rng_state(), "state": state or {}},
+                           tmp / "trainer_state.pt")
+    dist.barrier()
+    return path
+
+
+def unsharded_copy(model, full_state: dict):
+    """A plain (unsharded, CPU) copy of a sharded causal LM or RewardModel holding
+    `full_state`, built on the meta device (no random init, no second copy of the weights)."""
+    with torch.device("meta"):
+        if hasattr(model, "backbone"):
+            plain = RewardModel(AutoModel.from_config(model.backbone.config))
+        else:
+            plain = AutoModelForCausalLM.from_config(model.config)
+    plain.load_state_dict(full_state, strict=False, assign=True)
+    for name, buf in model.named_buffers():      # non-persistent ones (rotary inv_freq, ...)
+        owner, _, leaf = name.rpartition(".")
+        mod = plain.get_submodule(owner) if owner else plain
+        if getattr(mod, leaf, None) is not None and getattr(mod, leaf).is_meta:
+            setattr(mod, leaf, buf.detach().cpu().clone())
+    if hasattr(plain, "tie_weights"):
+        plain.tie_weights()
+    left = [n for n, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"unsharded copy left tensors unset: {left[:5]}")
+    return plain
+
+
+def load_sharded(path: Path, model, optimizer) -> None:
+    """Resume a sharded model and its optimizer from `path/dcp` (each process reads its shards)."""
+    m = dist.unwrap(model)
+    st = {"model": get_model_state_dict(m), "optim": get_optimizer_state_dict(m, optimizer)}
+    dcp.load(st, checkpoint_id=str(Path(path) / "dcp"))
+    set_model_state_dict(m, st["model"])
+    set_optimizer_state_dict(m, optimizer, st["optim"])

@@ -32,10 +32,10 @@ from rlhf.rl.optim import cosine_to_fraction
 from rlhf.runs import Run
 from rlhf.models.cpu import autocast_context
 from rlhf.models.lm import enable_gradient_checkpointing
-from rlhf.models.lora import apply_lora
+from rlhf.models.lora import apply_lora, is_lora
 from rlhf.models.precision import Precision, resolve_precision
-from rlhf.train.checkpoint import (latest_checkpoint, load_model_weights, load_trainer_state,
-                                   mark_latest, save_checkpoint)
+from rlhf.train.checkpoint import (latest_checkpoint, load_model_weights, load_sharded,
+                                   load_trainer_state, mark_latest, save_checkpoint)
 
 
 def prepare_model(model, section, name: str):
@@ -150,7 +150,8 @@ def fit(model, tokenizer, examples: Sequence, collate_fn: Callable, cfg, *, epoc
         on_epoch_end: Callable[[int, int], None] | None = None,
         on_eval: Callable[[int], dict] | None = None, eval_every: int | None = None,
         load_checkpoint: Callable[[Path], None] | None = None,
-        autocast: torch.dtype | None = None, desc: str = "train") -> dict:
+        autocast: torch.dtype | None = None, section: str = "train",
+        desc: str = "train") -> dict:
     """Train `model` on `examples` (AdamW + cosine to 10 %); returns the last step's metrics
     with `step`, `total_steps`, `halted` and `sequences` (forwarded, all ranks).
 
@@ -162,6 +163,8 @@ def fit(model, tokenizer, examples: Sequence, collate_fn: Callable, cfg, *, epoc
     use it). `load_checkpoint(path)` loads a checkpoint's weights into `model` (default: the
     HF folder's tensors, or a LoRA model's adapter). `on_eval(step)` returns metrics logged
     every `eval_every` steps. `autocast` (e.g. torch.bfloat16) runs the forwards under it.
+    `cfg.dist` is "ddp" or "fsdp" (FSDP2: the model is sharded before the optimizer is built,
+    and resumes from its sharded checkpoint); `section` names cfg in error messages.
     """
     objective = objective or LanguageModeling()
     plan = BatchPlan(len(examples), cfg.batch_size, cfg.micro_batch_size, seed)
@@ -170,16 +173,24 @@ def fit(model, tokenizer, examples: Sequence, collate_fn: Callable, cfg, *, epoc
         total = min(total, max_steps)
     if total < 1:
         raise UserError("no optimizer step to take: add data or epochs", field="epochs")
+    sharded = getattr(cfg, "dist", "ddp") == "fsdp"
+    if sharded:
+        if is_lora(model):
+            raise UserError("LoRA with fsdp is not supported yet: use ddp (an adapter's "
+                            "optimizer state is small)", field=f"{section}.dist")
+        dist.shard(model, field=f"{section}.dist")         # before the optimizer sees the params
     optimizer = build_optimizer(model, cfg)
     scheduler = cosine_schedule(optimizer, total, cfg.warmup_steps, cfg.final_lr_fraction)
     step = 0
     if resume and (last := latest_checkpoint(run.checkpoints)) is not None:
-        if load_checkpoint is not None:
+        if sharded:
+            load_sharded(last, model, optimizer)
+        elif load_checkpoint is not None:
             load_checkpoint(last)
         else:
             load_model_weights(model, last)
         step = load_trainer_state(last, optimizer, scheduler)["step"]
-    ddp_model = dist.wrap_ddp(model)
+    ddp_model = model if sharded else dist.wrap_ddp(model)
     ddp_model.train()
 
     def checkpoint(name: str) -> None:
@@ -210,7 +221,8 @@ def fit(model, tokenizer, examples: Sequence, collate_fn: Callable, cfg, *, epoc
             sequences += batch["input_ids"].shape[0]
         grad_norm = None
         if cfg.grad_clip:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -87,7 +87,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False,
     metrics = fit(model, tokenizer, train, collate_blocks, p, epochs=p.epochs, run=run,
                   seed=cfg.seed, resume=resume, save_every=p.save_every, halt_after=halt_after,
                   max_steps=p.max_steps, on_eval=on_eval, eval_every=p.eval_every,
-                  autocast=precision.autocast_dtype, desc="pretrain")
+                  autocast=precision.autocast_dtype, section="pretrain", desc="pretrain")
     summary = {"train_tokens": int(blocks.numel()), "copy_blocks": n_copy,
                "copy_warmup_steps": p.copy_warmup_steps, "params": model.num_parameters(),
                "steps": metrics["step"], "final_train_loss": metrics.get("train/loss")}
@@ -127,7 +127,7 @@ def copy_warmup(model, tokenizer, p, blocks: torch.Tensor, seed: int, out: Path,
     metrics = fit(model, tokenizer, block_examples(blocks), collate_blocks,
                   p.model_copy(update={"final_lr_fraction": 1.0}), epochs=1.0, run=run,
                   seed=seed, resume=resume, save_every=p.save_every, on_eval=on_eval,
-                  eval_every=eval_every, desc="copy warm-up")
+                  eval_every=eval_every, section="pretrain", desc="copy warm-up")
     save_checkpoint(done, model, tokenizer)
     dist.barrier()
     run.finish({"steps": metrics["step"], "final_train_loss": metrics.get("train/loss"),

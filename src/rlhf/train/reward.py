@@ -53,10 +53,10 @@ def evaluate_rankings(rm, data: list[EncodedRanking], pad_id: int, batch_size: i
     dev = dist.unwrap(rm).device
     groups = ["all"] + (["train_labelers", "heldout_labelers"] if train_labelers else [])
     sums = torch.zeros(len(groups), 5, dtype=torch.float64)  # correct, logloss, pairs, elems, loss
-    idx = list(range(dist.rank(), len(data), dist.world_size()))
+    idx = dist.rank_share(len(data))
     for i in range(0, len(idx), batch_size):
-        chunk = [data[j] for j in idx[i:i + batch_size]]
-        batch = collate_rankings(chunk, pad_id)
+        chunk = [data[j] for j in idx[i:i + batch_size] if j is not None]
+        batch = collate_rankings(chunk or [data[0]], pad_id)   # a stand-in keeps FSDP in step
         S = _forward_batch(rm, batch, dev).cpu()
         per_elem = batched_ranking_loss(S, batch["pref"], reduction="none")
         for b, ex in enumerate(chunk):
@@ -167,7 +167,7 @@ def train_rm(cfg: Config, out_dir: str | Path, resume: bool = False,
                   resume=resume, save_every=r.save_every, halt_after=halt_after,
                   max_steps=r.max_steps, on_eval=on_eval if valid else None,
                   eval_every=r.eval_every, load_checkpoint=load_checkpoint,
-                  autocast=precision.autocast_dtype, desc="rm")
+                  autocast=precision.autocast_dtype, section="rm", desc="rm")
     if metrics["halted"]:
         run.close()
         return {"steps": metrics["step"], "halted": True}

@@ -59,7 +59,7 @@ def sft(cfg: Config, out_dir: str | Path, resume: bool = False,
     metrics = fit(model, tokenizer, train, col, s, epochs=s.epochs, run=run, seed=cfg.seed,
                   resume=resume, halt_after=halt_after, max_steps=s.max_steps,
                   epoch_checkpoints=True, on_epoch_end=on_epoch_end,
-                  autocast=precision.autocast_dtype, desc="sft")
+                  autocast=precision.autocast_dtype, section="sft", desc="sft")
     summary = {"examples": len(train), "steps": metrics["step"],
                "final_train_loss": metrics.get("train/loss"), "epochs": history}
     if metrics["halted"]:
