@@ -153,3 +153,16 @@ def test_supervised_plans_say_which_batch_they_assume(model, monkeypatch, capsys
     assert code == 0
     assert out.startswith("RM memory plan (1 process): batch 64 = 1 process x 4 micro-batches "
                           "of 16 prompts x up to 9 responses of up to 128 tokens")
+
+
+def test_fsdp_divides_the_sharded_parts_by_the_world_size(tmp_path):
+    """With sft.dist = fsdp the plan for 4 processes holds less of the weights, gradients and
+    optimizer state per device (their shards, plus the block being gathered); with ddp every
+    process holds them whole."""
+    model = archs.save_model(tmp_path, "llama")
+    ddp = memory_plan(_cfg(model, sft={"batch_size": 8}), "sft", world_size=4)
+    fsdp = memory_plan(_cfg(model, sft={"batch_size": 8, "dist": "fsdp"}), "sft", world_size=4)
+    assert fsdp.weights < ddp.weights and fsdp.optimizer < ddp.optimizer
+    assert fsdp.gradients < ddp.gradients
+    one = memory_plan(_cfg(model, sft={"batch_size": 8, "dist": "fsdp"}), "sft", world_size=1)
+    assert one == memory_plan(_cfg(model, sft={"batch_size": 8}), "sft", world_size=1)

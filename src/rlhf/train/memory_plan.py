@@ -5,8 +5,10 @@ check that refuses a plan over the device's memory, naming the setting to change
 Each model's shape comes from its folder's config.json alone: nothing is loaded or downloaded.
 The estimate follows each section's `precision` ("auto" counts as bf16: a plan is made for a
 GPU), `lora` and `gradient_checkpointing`, under DDP (every process holds whole models, so the
-world size changes only the per-process batch). The refusal names only settings the sections
-have: precision, LoRA rank, gradient checkpointing, the micro-batch and the rollout batch.
+world size changes only the per-process batch; with `dist: fsdp`, SFT and the RM also divide
+the sharded weights, gradients and Adam state by it). The refusal names only settings the
+sections have: precision, LoRA rank, gradient checkpointing, the micro-batch and the rollout
+batch.
 
     SFT  one micro-batch of `micro_batch_size` demonstrations × max_length tokens (trained)
     RM   one micro-batch of `micro_batch_size` prompts, each with its K ≤ max_k responses in
@@ -81,6 +83,7 @@ def sft_memory(s: SFTConfig, world_size: int = 1) -> MemoryEstimate:
     conf = model_config(s.model, "sft.model")
     micro = supervised_micro_batch(s, "sft", world_size)
     return estimate_memory(conf, precision=plan_precision(s.precision), lora_rank=s.lora.r,
+                           n_shards=world_size if s.dist == "fsdp" else 1,
                            gradient_checkpointing=s.gradient_checkpointing, batch_size=micro,
                            seq_len=min(s.max_length, _context_length(conf)), name="SFT model")
 
@@ -94,6 +97,7 @@ def rm_memory(r: RMConfig, world_size: int = 1) -> MemoryEstimate:
     micro = supervised_micro_batch(r, "rm", world_size)
     seq = min(r.max_length, _context_length(conf))
     return estimate_memory(conf, precision=plan_precision(r.precision), lora_rank=r.lora.r,
+                           n_shards=world_size if r.dist == "fsdp" else 1,
                            gradient_checkpointing=r.gradient_checkpointing, batch_size=micro,
                            seq_len=r.max_k * seq, scalar_head=True, name="reward model")
 
