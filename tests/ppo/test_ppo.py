@@ -257,12 +257,17 @@ def test_recipe_advantages_are_these(world, tmp_path, whiten_rewards, kl_estimat
             seen["adv"], seen["ret"] = ep.advantages.clone(), ep.returns.clone()
             seen["rewards"], seen["beta"] = state["rewards"].clone(), state["beta"]
 
-    cfg = make_cfg(world, iterations=1, whiten_rewards=whiten_rewards, kl_estimator=kl_estimator)
+    cfg = make_cfg(world, iterations=2, whiten_rewards=whiten_rewards, kl_estimator=kl_estimator,
+                   beta_kl=0.5)      # the last iteration seen: the policy has moved
     ppo(cfg, tmp_path / "run", hooks=hooks)
     rewards = fill_advantages(seen["ep"], cfg.ppo, seen["beta"])
     assert torch.equal(rewards, seen["rewards"])
     assert torch.equal(seen["ep"].advantages, seen["adv"])
     assert torch.equal(seen["ep"].returns, seen["ret"])
+    ep, other = seen["ep"], "k2" if kl_estimator != "k2" else "k1"
+    assert float((ep.logprobs - ep.ref_logprobs)[ep.mask.bool()].abs().max()) > 1e-4
+    assert not torch.equal(rewards, fill_advantages(        # the estimator reaches the penalty
+        ep, cfg.ppo.model_copy(update={"kl_estimator": other}), seen["beta"]))
 
 
 # ------------------------------------------------------------------------- value and reference
