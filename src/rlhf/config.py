@@ -166,6 +166,8 @@ class PPOConfig(Section):
     precision: Precision = "fp32"   # of every forward (see `Precision`); under bf16 the
                                     # invariants use BF16_RATIO_TOL (train/ppo/checks.py)
     gradient_checkpointing: bool = False  # for the trained policy and value model
+    dist: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: fsdp shards the policy and the value
+                                    # model (FSDP2); the reference and the RM stay whole
     lora: LoRAConfig = Field(default_factory=LoRAConfig)  # policy and value model; the KL
                                     # reference is then the policy with its adapter disabled
     no_eos_penalty: float | None = -1.0  # score for responses without EOS (spec 7.19); None = off

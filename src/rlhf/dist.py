@@ -112,8 +112,17 @@ def _fsdp_no_sync(module):
         module.set_requires_gradient_sync(True)
 
 
+def all_true(flag: bool) -> bool:
+    """Whether `flag` holds on every process (a collective: every process must call it)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def is_sharded(model) -> bool:
-    """Whether `model` is FSDP2-sharded (`fully_shard`)."""
+    """Whether `model` is FSDP2-sharded (`fully_shard` on it as the root)."""
     from torch.distributed.fsdp import FSDPModule
     return isinstance(model, FSDPModule)
 

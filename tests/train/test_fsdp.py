@@ -19,6 +19,7 @@ from rlhf.config import Config
 from rlhf.errors import UserError
 from rlhf.models import load_tokenizer
 from rlhf.models.reward import RewardModel, score_texts
+from rlhf.train.ppo import ppo
 from rlhf.train.sft import sft
 
 
@@ -118,3 +119,53 @@ def test_fsdp_without_torchrun_is_refused_naming_the_setting(tmp_path):
     with pytest.raises(UserError, match="launch with torchrun") as e:
         sft(cfg, tmp_path / "run")
     assert e.value.field == "sft.dist"
+    rm = RewardModel.from_causal_lm(str(lm))
+    rm.save_pretrained(tmp_path / "rm", tokenizer=load_tokenizer(lm))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say {w}"}) + "\n" for w in WORDS))
+    ppo_cfg = {"policy": str(lm), "reward_model": str(tmp_path / "rm"),
+               "prompts_file": str(prompts), "iterations": 1, "episodes_per_iteration": 8,
+               "minibatch_size": 8, "micro_batch_size": 4, "rollout_batch_size": 8,
+               "max_new_tokens": 4, "max_prompt_length": 24, "dist": "fsdp"}
+    with pytest.raises(UserError, match="launch with torchrun") as e:
+        ppo(Config.model_validate({"ppo": ppo_cfg}), tmp_path / "ppo")
+    assert e.value.field == "ppo.dist"
+
+
+def test_two_sharded_processes_run_ppo_as_one_process_and_resume(tmp_path):
+    """PPO with the policy and the value model sharded (ppo.dist = fsdp): with one minibatch
+    per iteration the two runs sample the same episodes (seeded by their global position) and
+    make the same updates, as under DDP (tests/ppo/test_ppo_ddp.py); resume from the sharded
+    iter-1 checkpoint continues exactly."""
+    lm = tiny_lm(tmp_path, arch="llama")
+    rm = RewardModel.from_causal_lm(str(lm))
+    rm.save_pretrained(tmp_path / "rm", tokenizer=load_tokenizer(lm))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say {w}"}) + "\n" for w in WORDS))
+    sets = [f"ppo.policy={lm}", f"ppo.reward_model={tmp_path / 'rm'}",
+            f"ppo.prompts_file={prompts}", "ppo.iterations=3", "ppo.episodes_per_iteration=8",
+            "ppo.minibatch_size=8", "ppo.micro_batch_size=2", "ppo.rollout_batch_size=4",
+            "ppo.max_new_tokens=6", "ppo.max_prompt_length=24", "ppo.lr=1e-3",
+            "ppo.value_lr=1e-3", "ppo.warmup_iterations=0", "ppo.save_every=1",
+            "ppo.keep_checkpoints=0"]
+    args = [x for s in sets for x in ("--set", s)]
+    _run([sys.executable, "-m", "rlhf.cli", "ppo", *args, "--out", str(tmp_path / "one")])
+    fsdp = [*args, "--set", "ppo.dist=fsdp"]
+    _torchrun(29541, "ppo", *fsdp, "--out", str(tmp_path / "two"))
+    one = load_file(str(tmp_path / "one/final/model.safetensors"))
+    two = load_file(str(tmp_path / "two/final/model.safetensors"))
+    _close(one, two)
+    _close(load_file(str(tmp_path / "one/final_ema/model.safetensors")),
+           load_file(str(tmp_path / "two/final_ema/model.safetensors")))
+    assert any(not torch.equal(one[k], v) for k, v in
+               load_file(str(lm / "model.safetensors")).items())       # training did something
+    assert any((tmp_path / "two/checkpoints/iter-000001/dcp").iterdir())
+    script = tmp_path / "halt.py"
+    script.write_text("import sys\nfrom rlhf.config import load_config\n"
+                      "from rlhf.train.ppo import ppo\n"
+                      "ppo(load_config(None, sys.argv[2:]), sys.argv[1], halt_after=1)\n")
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+          "--master_port", "29543", str(script), str(tmp_path / "part"), *sets, "ppo.dist=fsdp"])
+    assert not (tmp_path / "part/final").exists()
+    _torchrun(29545, "ppo", *fsdp, "--out", str(tmp_path / "part"), "--resume")
+    _close(two, load_file(str(tmp_path / "part/final/model.safetensors")), atol=1e-6)

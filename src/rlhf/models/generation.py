@@ -8,6 +8,7 @@ so rollout and training log-probs agree (spec §8.1). Everything after a row's f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -74,12 +75,15 @@ def _sample(logits: torch.Tensor, top_p: float, generator,
 def generate(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_p: float = 1.0,
              generator: torch.Generator | None = None, sampler: str = "multinomial",
-             return_hidden: bool = False) -> Sample:
+             return_hidden: bool = False,
+             all_done: Callable[[bool], bool] | None = None) -> Sample:
     """Sample one response per prompt. temperature = 0 decodes greedily (logprobs at T = 1).
 
     `sampler` (see `SAMPLERS`) picks how a token is drawn from the same distribution. The
     log-probs are a log-softmax of the same float32 logits (under autocast too).
-    `return_hidden` also keeps the last layer's hidden state at the position that scored each
+    `all_done(finished) -> bool` (FSDP: `rlhf.dist.all_true`) makes every process stop at the
+    same step, as a sharded model's forwards are collective. `return_hidden` also keeps the last
+    layer's hidden state at the position that scored each
     response token (what a value head on the policy trunk reads), at no extra forward."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -110,7 +114,10 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: i
         tokens.append(tok)
         logps.append(lp)
         done = done | (tok == eos)
-        if bool(done.all()) or t == max_new_tokens - 1:
+        finished = bool(done.all())
+        if all_done is not None:          # a sharded model: every process steps in lockstep
+            finished = all_done(finished)
+        if finished or t == max_new_tokens - 1:
             break
         mask = torch.cat([mask, (~done | (tok == eos)).long()[:, None]], dim=1)
         last_pos = last_pos + 1

@@ -92,7 +92,7 @@ def fused_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Linear] | No
     """(causal LM, base transformer, unembedding) when the fused path applies to `model`: an
     allow-listed LM (or PolicyWithValueHead on one), not wrapped in DDP (whose forward must run),
     with a bias-free linear unembedding."""
-    if dist.unwrap(model) is not model:
+    if dist.unwrap(model) is not model or dist.is_sharded(model):
         return None
     lm = model.lm if isinstance(model, PolicyWithValueHead) else model
     if type(lm).__name__ not in FUSED_HEAD_CLASSES:

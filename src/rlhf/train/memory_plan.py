@@ -102,12 +102,14 @@ def rm_memory(r: RMConfig, world_size: int = 1) -> MemoryEstimate:
                            seq_len=r.max_k * seq, scalar_head=True, name="reward model")
 
 
-def ppo_memory_plan(p: PPOConfig) -> MemoryPlan:
-    """PPO's four models and the rollout on each device (per-process batch sizes)."""
+def ppo_memory_plan(p: PPOConfig, world_size: int = 1) -> MemoryPlan:
+    """PPO's four models and the rollout on each device (per-process batch sizes); with
+    `dist: fsdp` the policy and the value model are sharded over `world_size` processes."""
     policy = model_config(p.policy, "ppo.policy")
     reward = model_config(p.reward_model, "ppo.reward_model") if p.reward_model else None
     return ppo_memory(policy, precision=plan_precision(p.precision), lora_rank=p.lora.r,
                       gradient_checkpointing=p.gradient_checkpointing,
+                      n_shards=world_size if p.dist == "fsdp" else 1,
                       micro_batch_size=p.micro_batch_size,
                       rollout_batch_size=p.rollout_batch_size,
                       max_prompt_length=p.max_prompt_length, max_new_tokens=p.max_new_tokens,
@@ -122,7 +124,7 @@ def memory_plan(cfg: Config, step: str, world_size: int = 1) -> MemoryEstimate |
     if step == "rm":
         return rm_memory(cfg.rm, world_size)
     if step == "ppo":
-        return ppo_memory_plan(cfg.ppo)
+        return ppo_memory_plan(cfg.ppo, world_size)
     raise ValueError(f"step must be one of {STEPS}, got {step!r}")
 
 

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from rlhf import dist
 from rlhf.config import PPOConfig
 from rlhf.errors import UserError
 from rlhf.models.cpu import autocast_context
@@ -157,7 +158,8 @@ def rollout(models: PPOModels, p: PPOConfig, prompts: list[str], prompt_ids: lis
         with timer("generation"), autocast_context(models.autocast, device):
             sample = generate(models.lm, tok, ids, max_new_tokens=p.max_new_tokens,
                               temperature=p.temperature, generator=gen, sampler="inverse_cdf",
-                              return_hidden=models.shared)
+                              return_hidden=models.shared,
+                              all_done=dist.all_true if dist.is_sharded(models.lm) else None)
         query, query_mask = sample.query, sample.query_mask
         response, mask = sample.response, sample.response_mask
         ref, ref_mode = models.reference()

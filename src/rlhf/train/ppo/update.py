@@ -19,8 +19,10 @@ from torch import Tensor, nn
 
 from rlhf import dist, rl
 from rlhf.config import PPOConfig
+from rlhf.errors import UserError
 from rlhf.models.cpu import autocast_context
 from rlhf.models.lm import position_ids_from_mask
+from rlhf.models.lora import is_lora
 from rlhf.models.value import logits_to_keep_mode, score_response, value_forward
 from rlhf.runs import Timer
 from rlhf.train.ppo import checks
@@ -42,11 +44,9 @@ def build_optimizer(params, lr: float, p: PPOConfig) -> torch.optim.Optimizer:
 
 
 def grad_norm(params: Sequence[nn.Parameter]) -> Tensor:
-    """The global L2 norm of the gradients `params` hold (0 when none does)."""
-    grads = [q.grad for q in params if q.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.nn.utils.get_total_norm(grads)
+    """The global L2 norm of the gradients `params` hold (0 when none does); over every
+    process's shard when the gradients are sharded (FSDP)."""
+    return grad_norm_tensors([q.grad for q in params if q.grad is not None])
 
 
 class Learner:
@@ -57,8 +57,17 @@ class Learner:
                  ptx_blocks: Tensor | None = None):
         self.models, self.cfg, self.plan, self.seed = models, cfg, plan, seed
         self.ptx_blocks = ptx_blocks
-        self.ddp_policy = dist.wrap_ddp(models.policy)
-        self.ddp_value = dist.wrap_ddp(models.value) if models.value is not None else None
+        self.sharded = cfg.dist == "fsdp"
+        if self.sharded:             # FSDP2: before the optimisers see the parameters
+            if models.shared or is_lora(models.lm):
+                raise UserError("fsdp shards a separate value model and a full policy: set "
+                                "ppo.value_model=separate and no LoRA, or use ddp",
+                                field="ppo.dist")
+            self.ddp_policy = dist.shard(models.policy, field="ppo.dist")
+            self.ddp_value = dist.shard(models.value, field="ppo.dist")
+        else:
+            self.ddp_policy = dist.wrap_ddp(models.policy)
+            self.ddp_value = dist.wrap_ddp(models.value) if models.value is not None else None
         self.policy_params = [q for q in models.policy.parameters() if q.requires_grad]
         self.opt = build_optimizer(self.policy_params, cfg.lr, cfg)
         self.value_params = list(models.value.parameters()) if models.value else []
@@ -265,7 +274,7 @@ class Learner:
                 "finite, so look for an overflow in the backward pass (LR too "
                 "high, fp16 without scaling, extreme logits)")
         if self.cfg.grad_clip:
-            torch.nn.utils.clip_grads_with_norm_(self.policy_params, self.cfg.grad_clip, total)
+            clip(self.policy_params, self.cfg.grad_clip, total, self.sharded)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return total
@@ -278,7 +287,7 @@ class Learner:
                 f"non-finite value-model gradient at {where} (first bad "
                 f"parameter: {checks.first_bad_param(list(self.models.value.named_parameters()))})")
         if self.cfg.grad_clip:
-            torch.nn.utils.clip_grads_with_norm_(self.value_params, self.cfg.grad_clip, vnorm)
+            clip(self.value_params, self.cfg.grad_clip, vnorm, self.sharded)
         self.value_opt.step()
         self.value_opt.zero_grad(set_to_none=True)
         return vnorm
@@ -294,4 +303,14 @@ def grad_norm_of_difference(params: Sequence[nn.Parameter],
 def grad_norm_tensors(tensors: list[Tensor]) -> Tensor:
     if not tensors:
         return torch.zeros(())
-    return torch.nn.utils.get_total_norm(tensors)
+    norm = torch.nn.utils.get_total_norm(tensors)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm   # a sharded one
+
+
+def clip(params: Sequence[nn.Parameter], max_norm: float, total: Tensor, sharded: bool) -> None:
+    """Scale the gradients to global norm ≤ `max_norm` (`total`: their norm, already taken);
+    sharded gradients are clipped by torch's DTensor-aware clip."""
+    if sharded:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
