@@ -195,22 +195,28 @@ def merged_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
 def merged_copy(peft_model: nn.Module) -> nn.Module:
     """A plain transformers model (no PEFT) on the CPU holding base + adapter merged."""
     base = peft_model.get_base_model()
-    state = merged_state_dict(peft_model)
     with torch.device("meta"):
         plain = type(base)(copy.deepcopy(base.config))
+    return materialize(plain, merged_state_dict(peft_model), base).eval()
+
+
+def materialize(plain: nn.Module, state: dict[str, torch.Tensor], source: nn.Module) -> nn.Module:
+    """Fill `plain`, built on the meta device (no random init, no second copy of the weights),
+    with `state`; its non-persistent buffers (rotary inv_freq, ...: in no state dict) come from
+    `source`, the live model it copies. Ties the weights its config ties; raises if a tensor is
+    left unset."""
     plain.load_state_dict(state, strict=False, assign=True)
-    # non-persistent buffers (rotary inv_freq, ...) are not in a state dict: copy them
-    for name, buf in base.named_buffers():
+    for name, buf in source.named_buffers():
         owner, _, leaf = name.rpartition(".")
         mod = plain.get_submodule(owner) if owner else plain
         if getattr(mod, leaf, None) is not None and getattr(mod, leaf).is_meta:
             setattr(mod, leaf, buf.detach().cpu().clone())
     if hasattr(plain, "tie_weights"):
         plain.tie_weights()
-    missing = [n for n, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
-    if missing:
-        raise RuntimeError(f"merged copy left tensors unset: {missing[:5]}")
-    return plain.eval()
+    left = [n for n, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"a copy of {type(source).__name__} left tensors unset: {left[:5]}")
+    return plain
 
 
 def save_lora(model: nn.Module, out_dir: str | Path, tokenizer=None, *,

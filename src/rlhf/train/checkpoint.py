@@ -26,7 +26,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 from rlhf import dist
 from rlhf.io import atomic_path, write_text_atomic
 from rlhf.models.reward import RewardModel
-from rlhf.models.lora import MERGED, is_lora, load_lora_weights, save_lora
+from rlhf.models.lora import MERGED, is_lora, load_lora_weights, materialize, save_lora
 
 
 def rng_state() -> dict:
@@ -198,18 +198,7 @@ def unsharded_copy(model, full_state: dict):
             plain = RewardModel(AutoModel.from_config(model.backbone.config))
         else:
             plain = AutoModelForCausalLM.from_config(model.config)
-    plain.load_state_dict(full_state, strict=False, assign=True)
-    for name, buf in model.named_buffers():      # non-persistent ones (rotary inv_freq, ...)
-        owner, _, leaf = name.rpartition(".")
-        mod = plain.get_submodule(owner) if owner else plain
-        if getattr(mod, leaf, None) is not None and getattr(mod, leaf).is_meta:
-            setattr(mod, leaf, buf.detach().cpu().clone())
-    if hasattr(plain, "tie_weights"):
-        plain.tie_weights()
-    left = [n for n, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
-    if left:
-        raise RuntimeError(f"unsharded copy left tensors unset: {left[:5]}")
-    return plain
+    return materialize(plain, full_state, model)
 
 
 def load_sharded(path: Path, model, optimizer) -> None:
