@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -160,33 +161,54 @@ def save_final_model(model, tokenizer, folder: Path) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- FSDP2
 
-def _save_sharded(path: Path, model, tokenizer, optimizer, scheduler, state) -> Path:
-    m = dist.unwrap(model)
-    full = get_model_state_dict(m, options=StateDictOptions(full_state_dict=True,
-                                                            cpu_offload=True))
-    shards = path.parent / f".{path.name}.dcp"
-    if optimizer is not None:
+#: A sharded model's state gathered whole, on the CPU (a collective: every process calls it).
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def save_with_shards(path: Path, shards: dict | None, write: Callable[[Path], None]) -> None:
+    """The folder of a sharded run's checkpoint, called on every process: `shards` (a torch
+    distributed checkpoint state, or None) is saved by all processes beside `path`; then the
+    main process writes the folder atomically with `write(tmp)` and moves the shards into it as
+    `dcp/`."""
+    staged = path.parent / f".{path.name}.dcp"
+    if shards is not None:
         if dist.is_main():
-            shutil.rmtree(shards, ignore_errors=True)
+            shutil.rmtree(staged, ignore_errors=True)
         dist.barrier()
-        dcp.save({"model": get_model_state_dict(m),
-                  "optim": get_optimizer_state_dict(m, optimizer)}, checkpoint_id=str(shards))
+        dcp.save(shards, checkpoint_id=str(staged))
     if dist.is_main():
         with atomic_path(path, is_dir=True) as tmp:
-            plain = unsharded_copy(m, full)
-            if hasattr(plain, "backbone"):           # a RewardModel folds its bias on saving
-                plain.save_pretrained(tmp, tokenizer=tokenizer)
-            else:
-                plain.save_pretrained(str(tmp), safe_serialization=True)
-                if tokenizer is not None:
-                    tokenizer.save_pretrained(str(tmp))
-            if optimizer is not None:
-                os.replace(shards, tmp / "dcp")
-                torch.save({"optimizer": None,
-                            "scheduler": scheduler.state_dict() if scheduler else None,
-                            "rng": rng_state(), "state": state or {}},
-                           tmp / "trainer_state.pt")
+            write(tmp)
+            if shards is not None:
+                os.replace(staged, tmp / "dcp")
     dist.barrier()
+
+
+def write_plain(plain, tokenizer, folder: Path) -> None:
+    """An unsharded model copy in Hugging Face format (+ tokenizer); a RewardModel folds its
+    bias on saving."""
+    if hasattr(plain, "backbone"):
+        plain.save_pretrained(folder, tokenizer=tokenizer)
+    else:
+        plain.save_pretrained(str(folder), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(folder))
+
+
+def _save_sharded(path: Path, model, tokenizer, optimizer, scheduler, state) -> Path:
+    m = dist.unwrap(model)
+    full = get_model_state_dict(m, options=FULL)
+    shards = None if optimizer is None else {
+        "model": get_model_state_dict(m), "optim": get_optimizer_state_dict(m, optimizer)}
+
+    def write(tmp: Path) -> None:
+        write_plain(unsharded_copy(m, full), tokenizer, tmp)
+        if optimizer is not None:
+            torch.save({"optimizer": None,
+                        "scheduler": scheduler.state_dict() if scheduler else None,
+                        "rng": rng_state(), "state": state or {}}, tmp / "trainer_state.pt")
+
+    save_with_shards(path, shards, write)
     return path
 
 

@@ -7,14 +7,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
                                                      get_optimizer_state_dict,
                                                      set_model_state_dict,
                                                      set_optimizer_state_dict)
@@ -22,9 +20,9 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from rlhf import dist
 from rlhf.io import atomic_path, write_text_atomic
 from rlhf.models.lora import is_lora, save_lora
-from rlhf.train.checkpoint import (load_model_weights, load_weights_exact, rng_state,
-                                   save_final_model, save_weights_exact, set_rng_state,
-                                   unsharded_copy)
+from rlhf.train.checkpoint import (FULL, load_model_weights, load_weights_exact, rng_state,
+                                   save_final_model, save_weights_exact, save_with_shards,
+                                   set_rng_state, unsharded_copy, write_plain)
 from rlhf.train.ppo.models import PPOModels
 from rlhf.train.ppo.update import Learner
 
@@ -90,9 +88,6 @@ def save_final(out: Path, models: PPOModels, learner: Learner) -> dict[str, str]
 
 # ----------------------------------------------------------------------------- FSDP2
 
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
 def _shards(models: PPOModels, learner: Learner) -> dict:
     """What a sharded PPO run resumes from: both models' and optimisers' shards, the EMA's."""
     st = {"policy": get_model_state_dict(models.policy),
@@ -107,24 +102,17 @@ def _shards(models: PPOModels, learner: Learner) -> dict:
 def _save_sharded(path: Path, models: PPOModels, learner: Learner, state: dict) -> None:
     policy = get_model_state_dict(models.lm, options=FULL)       # collectives: every process
     value = get_model_state_dict(models.value, options=FULL)
-    shards = path.parent / f".{path.name}.dcp"
-    if dist.is_main():
-        shutil.rmtree(shards, ignore_errors=True)
-    dist.barrier()
-    dcp.save(_shards(models, learner), checkpoint_id=str(shards))
-    if dist.is_main():
-        with atomic_path(path, is_dir=True) as tmp:
-            unsharded_copy(models.lm, policy).save_pretrained(str(tmp), safe_serialization=True)
-            models.tokenizer.save_pretrained(str(tmp))
-            (tmp / "value").mkdir()
-            save_file({k: v.contiguous() for k, v in value.items()},
-                      str(tmp / "value/value.safetensors"))
-            os.replace(shards, tmp / "dcp")
-            torch.save({"trainer": {"kl_ctl": learner.kl_ctl.state_dict(),
-                                    "ema_updates": learner.ema.num_updates if learner.ema
-                                    else None},
-                        "rng": rng_state(), "state": state}, tmp / "trainer_state.pt")
-    dist.barrier()
+
+    def write(tmp: Path) -> None:
+        write_plain(unsharded_copy(models.lm, policy), models.tokenizer, tmp)
+        (tmp / "value").mkdir()
+        save_file({k: v.contiguous() for k, v in value.items()},
+                  str(tmp / "value/value.safetensors"))
+        torch.save({"trainer": {"kl_ctl": learner.kl_ctl.state_dict(),
+                                "ema_updates": learner.ema.num_updates if learner.ema else None},
+                    "rng": rng_state(), "state": state}, tmp / "trainer_state.pt")
+
+    save_with_shards(path, _shards(models, learner), write)
 
 
 def _load_sharded(path: Path, models: PPOModels, learner: Learner) -> dict:
@@ -152,16 +140,8 @@ def _save_final_sharded(out: Path, models: PPOModels, learner: Learner) -> dict[
                             models.lm))
         paths["model_ema"] = str(out / "final_ema")
     value = get_model_state_dict(models.value, options=FULL)
-    rm = models.value.rm
-    folders.append(("value", {k[len("rm."):]: v for k, v in value.items()}, rm))
-    if dist.is_main():
-        for name, full, module in folders:
-            with atomic_path(out / name, is_dir=True) as tmp:
-                plain = unsharded_copy(module, full)
-                if name == "value":
-                    plain.save_pretrained(tmp, tokenizer=tok)
-                else:
-                    plain.save_pretrained(str(tmp), safe_serialization=True)
-                    tok.save_pretrained(str(tmp))
-    dist.barrier()
+    folders.append(("value", {k[len("rm."):]: v for k, v in value.items()}, models.value.rm))
+    for name, full, module in folders:
+        save_with_shards(out / name, None,       # called at once: no late binding to fear
+                         lambda tmp: write_plain(unsharded_copy(module, full), tok, tmp))
     return paths
